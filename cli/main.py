@@ -1,0 +1,108 @@
+"""The ``bulletdrive`` command line: parses arguments and calls library functions.
+
+Every error a user can cause (bad config key or value, unknown name, missing file)
+is printed as one line ``error: ...`` with exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from common.config import ConfigError
+
+COMPARE_CHOICES = ("highway-env",)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from envs.bench import run_bench
+
+    for name in args.compare:
+        if name not in COMPARE_CHOICES:
+            raise ConfigError(f"unknown --compare target {name!r}; valid: "
+                              f"{', '.join(COMPARE_CHOICES)}")
+    if "highway-env" in args.compare:
+        try:
+            import highway_env  # noqa: F401
+        except ImportError:
+            raise ConfigError("--compare highway-env needs highway-env: "
+                              "pip install highway-env (or: make bench)") from None
+    results = run_bench(steps=args.steps, compare=args.compare)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        from cli.report import print_bench
+
+        print_bench(results)
+    return 0
+
+
+def _cmd_snapshot(args: argparse.Namespace) -> int:
+    from envs.snapshot import save_snapshots
+
+    paths = save_snapshots(args.out, env_id=args.env, seed=args.seed, steps=args.steps,
+                           overrides=args.set)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from envs.snapshot import drive_episode
+
+    summary = drive_episode(args.out, env_id=args.env, seed=args.seed, max_steps=args.steps,
+                            overrides=args.set)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with all sub-commands."""
+    parser = argparse.ArgumentParser(prog="bulletdrive", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="drive one highway episode and write frames and a video")
+    demo.add_argument("--out", default="out/demo", help="output folder")
+    demo.add_argument("--env", default="bulletdrive/Highway-v0", help="env id")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--steps", type=int, default=300, help="step limit")
+    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="env config override, e.g. traffic.num_vehicles=30")
+    demo.set_defaults(func=_cmd_demo)
+
+    snap = sub.add_parser("snapshot", help="save camera and bird's-eye frames as PNG")
+    snap.add_argument("--out", default="out/snapshot", help="output folder")
+    snap.add_argument("--env", default="bulletdrive/Highway-v0", help="env id")
+    snap.add_argument("--seed", type=int, default=0)
+    snap.add_argument("--steps", type=int, default=30, help="steps to drive before the shot")
+    snap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="env config override")
+    snap.set_defaults(func=_cmd_snapshot)
+
+    bench = sub.add_parser("bench", help="measure env throughput")
+    bench.add_argument("--json", action="store_true", help="print the figures as JSON")
+    bench.add_argument("--steps", type=int, default=1000, help="steps per measurement")
+    bench.add_argument("--compare", action="append", default=[], metavar="NAME",
+                       help=f"also measure another simulator: {', '.join(COMPARE_CHOICES)}")
+    bench.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``bulletdrive`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        code = int(args.func(args))
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Configuration of a driving env: one frozen dataclass per component, composed in EnvConfig.
+
+The defaults are the embedded default configuration; ``configs/env/highway.yaml`` spells
+them out. Load with :func:`load_env_config` (YAML path or name, plus ``key.sub=value``
+overrides); unknown keys and wrong types are rejected with the list of valid keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from common.config import load_config, require
+from envs.maps.highway import HighwayMapConfig
+from envs.sim.camera import CameraConfig
+from envs.sim.scene import SceneConfig
+from envs.sim.vehicle import VehicleConfig
+from envs.traffic.manager import TrafficConfig
+
+
+@dataclass(frozen=True)
+class SensorsConfig:
+    """Which observations the env returns.
+
+    Attributes:
+        camera: Return the RGB ``camera`` image.
+        state: Return the privileged ``state`` vector (ego plus nearest vehicles).
+        state_vehicles: Number of nearest vehicles in ``state``.
+        state_range_m: Vehicles farther than this are left out of ``state`` [m].
+    """
+
+    camera: bool = True
+    state: bool = False
+    state_vehicles: int = 8
+    state_range_m: float = 100.0
+
+    def __post_init__(self) -> None:
+        require(0 <= self.state_vehicles <= 64, "sensors.state_vehicles must be in [0, 64]")
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Reward weights; the reward is the sum of these terms each control step.
+
+    Attributes:
+        progress_per_m: Reward per metre of progress along the route [1/m].
+        collision: Reward on a collision (negative) [1].
+        off_road: Reward on each step off the road (negative) [1].
+        steer_change: Penalty weight on |change of steering command| per step.
+        accel_change: Penalty weight on |change of acceleration command| per step.
+        speeding_per_mps: Penalty per m/s above the speed limit.
+        success: Reward for completing the route.
+    """
+
+    progress_per_m: float = 0.1
+    collision: float = -10.0
+    off_road: float = -5.0
+    steer_change: float = 0.1
+    accel_change: float = 0.05
+    speeding_per_mps: float = 0.02
+    success: float = 10.0
+
+
+@dataclass(frozen=True)
+class ActionConfig:
+    """Action interface. ``control``: ``[steer, accel]`` in [-1, 1] (out-of-range values
+    are clipped; NaN or inf raise ``ValueError``)."""
+
+    mode: Literal["control"] = "control"
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Everything that is fixed when a driving env is constructed.
+
+    Attributes:
+        map: Procedural map generator.
+        scene: pybullet scene building and culling.
+        vehicle: Ego vehicle dynamics.
+        traffic: Traffic density and behaviour.
+        camera: Ego camera.
+        sensors: Which observations are returned.
+        reward: Reward weights.
+        action: Action interface.
+        control_hz: Control (env step) rate [Hz].
+        physics_hz: Physics substep rate [Hz]; a multiple of ``control_hz``.
+        max_steps: Step limit; reaching it truncates the episode with a ``timeout`` event.
+        num_maps: Distinct maps: the map seed is ``map_seed_offset + seed % num_maps``
+            (0: every episode seed gives its own map).
+        map_seed_offset: Offset added to map seeds (to hold out maps for testing).
+        ramp_start_prob: Probability that the ego starts on the on-ramp.
+        initial_speed_factor: Ego start speed as a fraction of the speed limit.
+        route_end_margin_m: The route ends this far before the end of the road [m].
+        terminate_on_collision: End the episode on any collision.
+        terminate_on_off_road: End the episode when the ego leaves the road.
+    """
+
+    map: HighwayMapConfig = field(default_factory=HighwayMapConfig)
+    scene: SceneConfig = field(default_factory=SceneConfig)
+    vehicle: VehicleConfig = field(default_factory=VehicleConfig)
+    traffic: TrafficConfig = field(default_factory=TrafficConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    sensors: SensorsConfig = field(default_factory=SensorsConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    action: ActionConfig = field(default_factory=ActionConfig)
+    control_hz: float = 10.0
+    physics_hz: float = 240.0
+    max_steps: int = 600
+    num_maps: int = 0
+    map_seed_offset: int = 0
+    ramp_start_prob: float = 0.2
+    initial_speed_factor: float = 0.7
+    route_end_margin_m: float = 60.0
+    terminate_on_collision: bool = True
+    terminate_on_off_road: bool = True
+
+    def __post_init__(self) -> None:
+        require(1.0 <= self.control_hz <= 100.0, "control_hz must be in [1, 100]")
+        ratio = self.physics_hz / self.control_hz
+        require(abs(ratio - round(ratio)) < 1e-9 and ratio >= 1,
+                f"physics_hz ({self.physics_hz}) must be a whole multiple of control_hz "
+                f"({self.control_hz})")
+        require(self.physics_hz <= 1000.0, "physics_hz must be <= 1000")
+        require(self.max_steps >= 1, "max_steps must be >= 1")
+        require(self.num_maps >= 0, "num_maps must be >= 0")
+        require(0.0 <= self.ramp_start_prob <= 1.0, "ramp_start_prob must be in [0, 1]")
+        require(0.0 <= self.initial_speed_factor <= 1.5, "initial_speed_factor must be in "
+                "[0, 1.5]")
+
+    @property
+    def substeps(self) -> int:
+        """Physics substeps per control step."""
+        return int(round(self.physics_hz / self.control_hz))
+
+
+def load_env_config(source: str | Path | Mapping[str, Any] | EnvConfig | None = None,
+                    overrides: Sequence[str] = ()) -> EnvConfig:
+    """Load an :class:`EnvConfig` from a YAML path, a name in ``configs/env/``, a mapping
+    or defaults, applying ``key.sub=value`` overrides."""
+    if isinstance(source, EnvConfig):
+        if not overrides:
+            return source
+        from common.config import to_dict
+
+        source = to_dict(source)
+    return load_config(EnvConfig, source, overrides, group="env")

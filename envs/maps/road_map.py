@@ -1,0 +1,244 @@
+"""Map data: lanes as centre-line polylines with widths, the lane graph, and queries.
+
+A map is plain data built without pybullet. Each :class:`Lane` is a polyline sampled
+in its direction of travel; lanes of one road share that road's reference-line
+*stations* (``Lane.station``) so that a position can be carried across to a
+neighbouring lane. :class:`RoadMap` holds the lanes, the graph (successors,
+predecessors, left/right neighbours in the direction of travel) and spatial queries
+backed by a uniform grid over all lane segments.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from envs.maps.geometry import FloatArray, arc_length, polyline_headings, project_to_polyline
+
+
+class Marking(enum.IntEnum):
+    """Lane-boundary marking type."""
+
+    NONE = 0
+    DASHED = 1
+    SOLID = 2
+
+
+class RouteCommand(enum.IntEnum):
+    """CARLA-style high-level route command (one-hot in ``measurements``)."""
+
+    LANE_FOLLOW = 0
+    LEFT = 1
+    RIGHT = 2
+    STRAIGHT = 3
+    CHANGE_LANE_LEFT = 4
+    CHANGE_LANE_RIGHT = 5
+
+
+@dataclass(eq=False)
+class Lane:
+    """One lane, sampled in its direction of travel.
+
+    Attributes:
+        id: Unique name, e.g. ``"main/f0"``.
+        road: Name of the road the lane belongs to.
+        centre: Centre-line points (N, 2) [m].
+        width: Lane width at each point (N,) [m].
+        station: Reference-line station of each point on the lane's road (N,) [m].
+        speed_limit_mps: Legal speed [m/s].
+        left_marking / right_marking: Boundary markings (left/right in the direction of travel).
+        kind: ``"driving"``, ``"ramp"`` or ``"merge"`` (an acceleration lane that ends).
+        successors / predecessors / left / right: Lane-graph links by lane id.
+    """
+
+    id: str
+    road: str
+    centre: FloatArray
+    width: FloatArray
+    station: FloatArray
+    speed_limit_mps: float
+    left_marking: Marking = Marking.DASHED
+    right_marking: Marking = Marking.DASHED
+    kind: str = "driving"
+    successors: list[str] = field(default_factory=list)
+    predecessors: list[str] = field(default_factory=list)
+    left: str | None = None
+    right: str | None = None
+    s: FloatArray = field(init=False)
+    heading: FloatArray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.centre = np.ascontiguousarray(self.centre, dtype=np.float64)
+        self.width = np.asarray(self.width, dtype=np.float64)
+        self.station = np.asarray(self.station, dtype=np.float64)
+        self.s = arc_length(self.centre)
+        self.heading = np.unwrap(polyline_headings(self.centre))
+
+    @property
+    def length(self) -> float:
+        """Lane length along its centre line [m]."""
+        return float(self.s[-1])
+
+    def position(self, s: FloatArray | float, d: FloatArray | float = 0.0) -> FloatArray:
+        """World points at arc length ``s`` and lateral offset ``d`` (left positive) [m]."""
+        s_arr = np.asarray(s, dtype=np.float64)
+        x = np.interp(s_arr, self.s, self.centre[:, 0])
+        y = np.interp(s_arr, self.s, self.centre[:, 1])
+        h = np.interp(s_arr, self.s, self.heading)
+        d_arr = np.asarray(d, dtype=np.float64)
+        return np.stack([x - np.sin(h) * d_arr, y + np.cos(h) * d_arr], axis=-1)
+
+    def heading_at(self, s: FloatArray | float) -> FloatArray:
+        """Heading of the centre line at ``s`` [rad] (unwrapped along the lane)."""
+        return np.interp(np.asarray(s, dtype=np.float64), self.s, self.heading)
+
+    def width_at(self, s: FloatArray | float) -> FloatArray:
+        """Lane width at ``s`` [m]."""
+        return np.interp(np.asarray(s, dtype=np.float64), self.s, self.width)
+
+    def station_at(self, s: FloatArray | float) -> FloatArray:
+        """Road station of the lane point at ``s`` [m]."""
+        return np.interp(np.asarray(s, dtype=np.float64), self.s, self.station)
+
+    def s_at_station(self, station: FloatArray | float) -> FloatArray:
+        """Arc length on this lane of the given road station [m] (stations may decrease)."""
+        st = self.station
+        if st[-1] < st[0]:
+            return np.interp(-np.asarray(station, dtype=np.float64), -st, self.s)
+        return np.interp(np.asarray(station, dtype=np.float64), st, self.s)
+
+    def project(self, point: FloatArray) -> tuple[float, float]:
+        """Arc length and signed lateral offset of ``point`` relative to this lane [m]."""
+        p = project_to_polyline(self.centre, self.s, np.asarray(point, dtype=np.float64))
+        return p.s, p.d
+
+
+@dataclass(frozen=True)
+class StaticObject:
+    """A static roadside object: a box-shaped collider with a visual kind.
+
+    Attributes:
+        kind: ``"tree"``, ``"pole"``, ``"sign"``, ``"building"`` or ``"parked_car"``.
+        x, y: Centre of the footprint [m].
+        yaw: Orientation [rad].
+        size: Length, width, height [m].
+    """
+
+    kind: str
+    x: float
+    y: float
+    yaw: float
+    size: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class LanePoint:
+    """A point located on the map: lane, arc length, lateral offset and lane heading."""
+
+    lane: str
+    s: float
+    d: float
+    heading: float
+
+
+class RoadMap:
+    """Lanes, the lane graph and spatial queries.
+
+    Args:
+        lanes: All lanes; their graph links must name lanes in this list.
+        name: Human-readable map name (generator and seed).
+        barriers: Polylines (M, 2) of crash barriers / kerbs along the road [m].
+        objects: Static roadside objects.
+        shoulders: Paved shoulder width on the (left, right) of outermost lanes [m].
+        cell_m: Grid cell size of the spatial index [m].
+    """
+
+    def __init__(self, lanes: Sequence[Lane], name: str = "map",
+                 barriers: Sequence[FloatArray] = (), objects: Sequence[StaticObject] = (),
+                 shoulders: tuple[float, float] = (0.0, 0.0), cell_m: float = 20.0) -> None:
+        self.name = name
+        self.barriers = [np.asarray(b, dtype=np.float64) for b in barriers]
+        self.objects = list(objects)
+        self.shoulders = shoulders
+        self.lanes: list[Lane] = list(lanes)
+        self.lane_index: dict[str, int] = {ln.id: i for i, ln in enumerate(self.lanes)}
+        if len(self.lane_index) != len(self.lanes):
+            raise ValueError("lane ids must be unique")
+        for ln in self.lanes:
+            for other in [*ln.successors, *ln.predecessors, ln.left, ln.right]:
+                if other is not None and other not in self.lane_index:
+                    raise ValueError(f"lane {ln.id} links to unknown lane {other}")
+        self.cell_m = cell_m
+        self._build_grid()
+
+    def lane(self, lane_id: str) -> Lane:
+        """The lane with this id."""
+        return self.lanes[self.lane_index[lane_id]]
+
+    def _build_grid(self) -> None:
+        # All lane segments in flat arrays; every segment is registered in each grid cell
+        # its bounding box (plus half a lane width) touches, so a query examines only
+        # nearby segments, in one vectorised pass.
+        a = np.concatenate([ln.centre[:-1] for ln in self.lanes])
+        b = np.concatenate([ln.centre[1:] for ln in self.lanes])
+        self._seg_a, self._seg_ab = a, b - a
+        self._seg_lane = np.concatenate(
+            [np.full(len(ln.centre) - 1, i) for i, ln in enumerate(self.lanes)])
+        self._seg_s0 = np.concatenate([ln.s[:-1] for ln in self.lanes])
+        self._seg_len = np.linalg.norm(self._seg_ab, axis=1)
+        self._seg_half = np.concatenate([ln.width[:-1] / 2.0 for ln in self.lanes])
+        self._seg_heading = np.arctan2(self._seg_ab[:, 1], self._seg_ab[:, 0])
+        pts = np.concatenate([ln.centre for ln in self.lanes])
+        self.bounds = (pts.min(axis=0), pts.max(axis=0))
+        pad = self._seg_half[:, None] + 1.0
+        lo = np.floor((np.minimum(a, b) - pad) / self.cell_m).astype(int)
+        hi = np.floor((np.maximum(a, b) + pad) / self.cell_m).astype(int)
+        grid: dict[tuple[int, int], list[int]] = {}
+        for seg in range(len(a)):
+            for cx in range(lo[seg, 0], hi[seg, 0] + 1):
+                for cy in range(lo[seg, 1], hi[seg, 1] + 1):
+                    grid.setdefault((cx, cy), []).append(seg)
+        self._grid = {k: np.asarray(v, dtype=np.int64) for k, v in grid.items()}
+
+    def locate(self, point: FloatArray, heading: float | None = None) -> LanePoint | None:
+        """Find the lane containing ``point`` (or the nearest one within 1 lane width).
+
+        Where lanes overlap (merges), the lane whose direction best matches ``heading``
+        wins, then the smaller lateral offset relative to the lane width.
+
+        Args:
+            point: World point (2,) [m].
+            heading: Optional travel heading [rad] used to break ties.
+
+        Returns:
+            The located point, or ``None`` when no lane is near.
+        """
+        px, py = float(point[0]), float(point[1])
+        cands = self._grid.get((int(np.floor(px / self.cell_m)), int(np.floor(py / self.cell_m))))
+        if cands is None:
+            return None
+        a = self._seg_a[cands]
+        ab = self._seg_ab[cands]
+        length = self._seg_len[cands]
+        apx, apy = px - a[:, 0], py - a[:, 1]
+        t = np.clip((apx * ab[:, 0] + apy * ab[:, 1]) / np.maximum(length**2, 1e-12), 0.0, 1.0)
+        cx, cy = apx - ab[:, 0] * t, apy - ab[:, 1] * t
+        dist = np.hypot(cx, cy)
+        half = self._seg_half[cands]
+        ok = dist <= 2.0 * half + 0.5
+        if not ok.any():
+            return None
+        cost = dist / half + np.where(dist <= half, 0.0, 10.0)
+        if heading is not None:
+            cost = cost + 5.0 * (1.0 - np.cos(heading - self._seg_heading[cands]))
+        cost = np.where(ok, cost, np.inf)
+        k = int(np.argmin(cost))
+        seg = int(cands[k])
+        cross = ab[k, 0] * apy[k] - ab[k, 1] * apx[k]
+        lane = self.lanes[int(self._seg_lane[seg])]
+        s = float(self._seg_s0[seg] + t[k] * length[k])
+        return LanePoint(lane.id, s, float(dist[k]) if cross >= 0 else -float(dist[k]),
+                         float(lane.heading_at(s)))

@@ -1,0 +1,107 @@
+"""The ego camera: an RGB image rendered by pybullet's CPU renderer from the car's pose."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pybullet as p
+from numpy.typing import NDArray
+
+from common.config import require
+from envs.sim import textures
+
+Image = NDArray[np.uint8]
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    """Ego camera parameters.
+
+    Attributes:
+        width / height: Image size [px].
+        fov_rad: Vertical field of view [rad].
+        mount_xyz_m: Camera position in the vehicle frame (x forward, y left, z up) [m].
+        pitch_rad: Downward tilt of the optical axis [rad].
+        near_m / far_m: Clipping distances [m].
+        rate_hz: Frame rate [Hz]; ``0`` renders every control step. A slower camera
+            repeats its last frame between renders.
+        light_direction: Direction towards the light (world frame).
+        light_color: RGB light colour in [0, 1].
+        ambient / diffuse / specular: Lighting coefficients of the renderer.
+    """
+
+    width: int = 84
+    height: int = 84
+    fov_rad: float = 1.0472
+    mount_xyz_m: tuple[float, float, float] = (0.6, 0.0, 1.45)
+    pitch_rad: float = 0.06
+    near_m: float = 0.3
+    far_m: float = 180.0
+    rate_hz: float = 0.0
+    light_direction: tuple[float, float, float] = (0.4, -0.3, 1.0)
+    light_color: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    ambient: float = 0.65
+    diffuse: float = 0.45
+    specular: float = 0.02
+
+    def __post_init__(self) -> None:
+        require(8 <= self.width <= 1024 and 8 <= self.height <= 1024,
+                f"camera size must be within 8..1024 px, got {self.width}x{self.height}")
+        require(0.1 < self.fov_rad < 3.0, f"camera.fov_rad must be in (0.1, 3.0), got "
+                f"{self.fov_rad}")
+        require(0 < self.near_m < self.far_m, "camera needs 0 < near_m < far_m")
+        require(self.rate_hz >= 0, "camera.rate_hz must be >= 0")
+
+
+class EgoCamera:
+    """Renders the view from a camera rigidly mounted on the ego car.
+
+    Args:
+        client: pybullet client id.
+        cfg: Camera parameters.
+    """
+
+    def __init__(self, client: int, cfg: CameraConfig) -> None:
+        self.client = client
+        self.cfg = cfg
+        self.projection = p.computeProjectionMatrixFOV(
+            math.degrees(cfg.fov_rad), cfg.width / cfg.height, cfg.near_m, cfg.far_m)
+        self.background = self._background()
+        self._kwargs = dict(
+            renderer=p.ER_TINY_RENDERER, flags=p.ER_NO_SEGMENTATION_MASK,
+            lightDirection=list(cfg.light_direction), lightColor=list(cfg.light_color),
+            lightAmbientCoeff=cfg.ambient, lightDiffuseCoeff=cfg.diffuse,
+            lightSpecularCoeff=cfg.specular, shadow=0, physicsClientId=client)
+
+    def _background(self) -> Image:
+        """Sky above the horizon, distant haze below it (for pixels nothing covers)."""
+        cfg = self.cfg
+        h = cfg.height
+        sky = textures.sky_gradient(h, cfg.width)
+        rows = (np.arange(h) + 0.5) / h
+        elevation = np.arctan(np.tan(cfg.fov_rad / 2.0) * (1.0 - 2.0 * rows)) - cfg.pitch_rad
+        ground = elevation < 0.0
+        sky[ground] = (96, 110, 92)
+        return sky
+
+    def pose(self, x: float, y: float, z: float, yaw: float) -> tuple[list[float], list[float]]:
+        """Eye and target points of the camera on a car at (x, y, z) with heading ``yaw``."""
+        mx, my, mz = self.cfg.mount_xyz_m
+        c, s = math.cos(yaw), math.sin(yaw)
+        eye = [x + c * mx - s * my, y + s * mx + c * my, z + mz]
+        cp = math.cos(self.cfg.pitch_rad)
+        target = [eye[0] + c * cp, eye[1] + s * cp, eye[2] - math.sin(self.cfg.pitch_rad)]
+        return eye, target
+
+    def render(self, x: float, y: float, z: float, yaw: float) -> Image:
+        """Render an RGB frame (H, W, 3) uint8 from the car pose (base at height ``z``)."""
+        eye, target = self.pose(x, y, z, yaw)
+        view = p.computeViewMatrix(eye, target, [0.0, 0.0, 1.0])
+        cfg = self.cfg
+        _, _, rgba, depth, _ = p.getCameraImage(cfg.width, cfg.height, view, self.projection,
+                                                **self._kwargs)
+        rgb = np.asarray(rgba, dtype=np.uint8).reshape(cfg.height, cfg.width, 4)[:, :, :3]
+        empty = np.asarray(depth).reshape(cfg.height, cfg.width) >= 1.0
+        return np.where(empty[:, :, None], self.background, rgb)

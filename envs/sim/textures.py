@@ -1,0 +1,125 @@
+"""Procedural textures drawn with OpenCV, and their on-disk cache for pybullet.
+
+Textures are RGB uint8 images drawn from an explicit random generator, so the same
+seed always gives the same pixels. pybullet loads textures from files, so
+:func:`texture_file` writes each image once, under a name derived from its content, to
+a per-user cache folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from envs.maps.road_map import Marking
+
+Image = NDArray[np.uint8]
+
+#: Pixels per metre across a lane texture.
+LANE_PX_PER_M = 16.0
+#: Length of one lane-texture tile along the lane [m]: one dash plus one gap.
+DASH_PERIOD_M = 12.0
+#: Length of a painted dash [m].
+DASH_LENGTH_M = 4.0
+#: Width of a painted line [m].
+LINE_WIDTH_M = 0.15
+
+
+def _noise(rng: np.random.Generator, h: int, w: int, blur: int) -> NDArray[np.float32]:
+    n = rng.standard_normal((h, w)).astype(np.float32)
+    if blur > 1:
+        n = cv2.GaussianBlur(n, (0, 0), blur, borderType=cv2.BORDER_REFLECT)
+        n /= max(float(n.std()), 1e-6)
+    return n
+
+
+def asphalt(rng: np.random.Generator, h: int, w: int, base: tuple[int, int, int] = (72, 72, 76),
+            ) -> Image:
+    """Asphalt: grey base, coarse blotches and fine grain."""
+    img = np.empty((h, w, 3), np.float32)
+    img[:] = base
+    coarse = _noise(rng, h, w, 6) * 6.0
+    fine = rng.standard_normal((h, w)).astype(np.float32) * 5.0
+    img += (coarse + fine)[:, :, None]
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def lane_texture(rng: np.random.Generator, width_m: float, left: Marking, right: Marking,
+                 paint: tuple[int, int, int] = (235, 235, 225)) -> Image:
+    """One tile of lane surface: rows run along the lane (row 0 at the tile start).
+
+    Args:
+        rng: Random generator for the asphalt grain.
+        width_m: Lane width [m] (columns span it left to right in travel direction).
+        left: Marking drawn along the left edge.
+        right: Marking drawn along the right edge.
+        paint: RGB colour of the paint.
+    """
+    w = max(int(round(width_m * LANE_PX_PER_M)), 8)
+    h = int(round(DASH_PERIOD_M * LANE_PX_PER_M / 2))  # coarser along the lane
+    img = asphalt(rng, h, w)
+    line = max(int(round(LINE_WIDTH_M * LANE_PX_PER_M)), 2)
+    dash_rows = int(round(h * DASH_LENGTH_M / DASH_PERIOD_M))
+    for marking, cols in ((left, slice(0, line)), (right, slice(w - line, w))):
+        if marking == Marking.SOLID:
+            img[:, cols] = paint
+        elif marking == Marking.DASHED:
+            img[:dash_rows, cols] = paint
+    return img
+
+
+def grass(rng: np.random.Generator, size: int = 64) -> Image:
+    """Grass verge: green with darker patches."""
+    img = np.empty((size, size, 3), np.float32)
+    img[:] = (70, 110, 52)
+    img += (_noise(rng, size, size, 4) * 10.0)[:, :, None] * np.array([0.6, 1.0, 0.5])
+    img += rng.standard_normal((size, size, 1)).astype(np.float32) * 6.0
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def concrete(rng: np.random.Generator, size: int = 32) -> Image:
+    """Concrete barrier: light grey with joints every tile."""
+    img = np.empty((size, size, 3), np.float32)
+    img[:] = (170, 168, 160)
+    img += (_noise(rng, size, size, 2) * 8.0)[:, :, None]
+    img[:, :1] -= 40
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def sky_gradient(h: int, w: int, top: tuple[int, int, int] = (110, 160, 220),
+                 horizon: tuple[int, int, int] = (200, 215, 230)) -> Image:
+    """A vertical sky gradient used where the camera sees nothing."""
+    t = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
+    img = np.asarray(top, np.float32) * (1 - t) + np.asarray(horizon, np.float32) * t
+    return np.broadcast_to(img, (h, w, 3)).astype(np.uint8).copy()
+
+
+def cache_dir() -> Path:
+    """Folder for texture files (``$BULLETDRIVE_CACHE`` or the system temp folder)."""
+    root = os.environ.get("BULLETDRIVE_CACHE") or os.path.join(
+        tempfile.gettempdir(), f"bulletdrive-{os.getuid() if hasattr(os, 'getuid') else 0}")
+    path = Path(root) / "textures"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def texture_file(img: Image) -> str:
+    """Write ``img`` (RGB) as PNG under a content-derived name; return the path.
+
+    Written to a temporary name and renamed, so concurrent workers never read a
+    half-written file.
+    """
+    digest = hashlib.sha1(img.tobytes() + str(img.shape).encode()).hexdigest()[:20]
+    path = cache_dir() / f"{digest}.png"
+    if not path.exists():
+        fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
+        os.close(fd)
+        cv2.imwrite(tmp, cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        os.replace(tmp, path)
+    return str(path)
