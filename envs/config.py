@@ -86,6 +86,7 @@ class EnvConfig:
         action: Action interface.
         control_hz: Control (env step) rate [Hz].
         physics_hz: Physics substep rate [Hz]; a multiple of ``control_hz``.
+        solver_iterations: Constraint-solver iterations per physics substep.
         max_steps: Step limit; reaching it truncates the episode with a ``timeout`` event.
         num_maps: Distinct maps: the map seed is ``map_seed_offset + seed % num_maps``
             (0: every episode seed gives its own map).
@@ -107,6 +108,7 @@ class EnvConfig:
     action: ActionConfig = field(default_factory=ActionConfig)
     control_hz: float = 10.0
     physics_hz: float = 240.0
+    solver_iterations: int = 10
     max_steps: int = 600
     num_maps: int = 0
     map_seed_offset: int = 0
@@ -124,6 +126,7 @@ class EnvConfig:
                 f"({self.control_hz})")
         require(self.physics_hz <= 1000.0, "physics_hz must be <= 1000")
         require(self.max_steps >= 1, "max_steps must be >= 1")
+        require(1 <= self.solver_iterations <= 200, "solver_iterations must be in [1, 200]")
         require(self.num_maps >= 0, "num_maps must be >= 0")
         require(0.0 <= self.ramp_start_prob <= 1.0, "ramp_start_prob must be in [0, 1]")
         require(0.0 <= self.initial_speed_factor <= 1.5, "initial_speed_factor must be in "

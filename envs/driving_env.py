@@ -36,7 +36,7 @@ from envs.maps.road_map import LanePoint, Marking, RoadMap
 from envs.maps.route import Route
 from envs.render.bev import BirdEyeView, BoxAgent
 from envs.sim.camera import EgoCamera
-from envs.sim.scene import Scene, SemanticClass
+from envs.sim.scene import Scene, SceneGeometry, SemanticClass, build_geometry
 from envs.sim.vehicle import EgoVehicle, VehicleState
 from envs.traffic.manager import EgoSlot, TrafficManager
 
@@ -87,10 +87,12 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         obs: dict[str, spaces.Space[Any]] = {}
         if cfg.sensors.camera:
             obs["camera"] = spaces.Box(0, 255, (cfg.camera.height, cfg.camera.width, 3), np.uint8)
-        obs["measurements"] = spaces.Box(-np.inf, np.inf, (len(MEASUREMENT_KEYS),), np.float32)
+        low = np.array([-100.0, -2.0, 0, 0, 0, 0, 0, 0, 0.0], np.float32)
+        high = np.array([100.0, 2.0, 1, 1, 1, 1, 1, 1, 1.0e5], np.float32)
+        obs["measurements"] = spaces.Box(low, high, dtype=np.float32)
         if cfg.sensors.state:
             n = len(state_layout(cfg.sensors.state_vehicles))
-            obs["state"] = spaces.Box(-np.inf, np.inf, (n,), np.float32)
+            obs["state"] = spaces.Box(-1.0e4, 1.0e4, (n,), np.float32)
         self.observation_space = spaces.Dict(obs)
         self._maps: OrderedDict[int, Any] = OrderedDict()
         self.road_map: RoadMap | None = None
@@ -109,9 +111,13 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ reset
-    def _map_for(self, map_seed: int) -> tuple[RoadMap, Any]:
+    def _map_for(self, map_seed: int) -> tuple[RoadMap, Any, SceneGeometry]:
+        """Map, layout and scene meshes for ``map_seed`` (pure data, cached per env)."""
         if map_seed not in self._maps:
-            self._maps[map_seed] = self.generate_map(map_seed)
+            road_map, layout = self.generate_map(map_seed)
+            visual_rng = np.random.default_rng(np.random.SeedSequence([map_seed, 0x56495355]))
+            geometry = build_geometry(road_map, self.config.scene, visual_rng)
+            self._maps[map_seed] = (road_map, layout, geometry)
             while len(self._maps) > 4:
                 self._maps.popitem(last=False)
         self._maps.move_to_end(map_seed)
@@ -141,15 +147,16 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
             map_seed = cfg.map_seed_offset + self.episode_seed
         self.map_seed = map_seed
         rng = np.random.default_rng(np.random.SeedSequence([self.episode_seed, 0x45505344]))
-        self.road_map, layout = self._map_for(map_seed)
+        self.road_map, layout, geometry = self._map_for(map_seed)
         self._bev = None
         c = self.client
         p.resetSimulation(physicsClientId=c)
         p.setGravity(0, 0, -9.81, physicsClientId=c)
         p.setPhysicsEngineParameter(fixedTimeStep=1.0 / cfg.physics_hz, numSubSteps=1,
-                                    deterministicOverlappingPairs=1, physicsClientId=c)
-        visual_rng = np.random.default_rng(np.random.SeedSequence([map_seed, 0x56495355]))
-        self.scene = Scene(c, self.road_map, cfg.scene, visual_rng)
+                                    numSolverIterations=cfg.solver_iterations,
+                                    enableConeFriction=0, deterministicOverlappingPairs=1,
+                                    physicsClientId=c)
+        self.scene = Scene(c, geometry, cfg.scene)
         lane_id, s0, self.route = self.sample_start(rng, layout, options)
         lane = self.road_map.lane(lane_id)
         x, y = lane.position(s0)
@@ -158,9 +165,13 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         self.vehicle = EgoVehicle(c, cfg.vehicle, float(x), float(y), yaw, speed)
         self.traffic = TrafficManager(c, self.road_map, cfg.traffic, self.dt)
         self.traffic.reset(rng, self.road_map.lane_index[lane_id], s0)
-        self.body_class: dict[int, SemanticClass] = {**self.scene.body_class,
-                                                    **self.traffic.body_class}
+        self.traffic_class = self.traffic.body_class
         self.camera = EgoCamera(c, cfg.camera) if cfg.sensors.camera else None
+        if self.camera is not None:
+            # The camera sits inside the car: hide the ego's own body from the renderer.
+            for link in range(-1, p.getNumJoints(self.vehicle.body_id, physicsClientId=c)):
+                p.changeVisualShape(self.vehicle.body_id, link, rgbaColor=[1, 1, 1, 0],
+                                    physicsClientId=c)
         self._camera_period = (max(int(round(cfg.control_hz / cfg.camera.rate_hz)), 1)
                                if cfg.camera.rate_hz > 0 else 1)
         self.steps = 0
@@ -233,7 +244,8 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
     def _collision_events(self, contacts: Mapping[int, None], events: list[ev.Event]) -> None:
         st = self.state
         for body in contacts:
-            cls = self.body_class.get(body, SemanticClass.STATIC)
+            cls = self.traffic_class.get(body) or self.scene.body_class.get(body,
+                                                                           SemanticClass.STATIC)
             if cls == SemanticClass.ROAD:
                 continue
             event: ev.Event = {"type": ev.COLLISION, "other": int(body)}
@@ -352,7 +364,8 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         meas[1] = st.steer_rad
         meas[2 + int(command)] = 1.0
         meas[8] = dist
-        obs["measurements"] = meas
+        space = self.observation_space["measurements"]
+        obs["measurements"] = np.clip(meas, space.low, space.high)
         if self.config.sensors.state:
             obs["state"] = self._privileged_state()
         return obs

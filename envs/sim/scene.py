@@ -102,42 +102,84 @@ class _Mesh:
     normals: list[FloatArray] = field(default_factory=list)
     count: int = 0
     indices: list[np.ndarray] = field(default_factory=list)
-    collide: bool = False
 
     def add(self, v: FloatArray, uv: FloatArray, nrm: FloatArray, idx: np.ndarray) -> None:
+        """Append vertices (with their uvs and normals) and triangle indices."""
         self.vertices.append(v)
         self.uvs.append(uv)
         self.normals.append(nrm)
         self.indices.append(idx + self.count)
         self.count += len(v)
 
+    def arrays(self) -> tuple[FloatArray, FloatArray, FloatArray, np.ndarray]:
+        """Vertices (V, 3), uvs (V, 2), normals (V, 3) and indices (3T,) as arrays."""
+        return (np.concatenate(self.vertices), np.concatenate(self.uvs),
+                np.concatenate(self.normals), np.concatenate(self.indices).astype(np.int64))
+
+
+@dataclass(frozen=True)
+class CellMesh:
+    """One cell of merged visual geometry: centre [m] and mesh arrays."""
+
+    centre: tuple[float, float]
+    vertices: FloatArray
+    uvs: FloatArray
+    normals: FloatArray
+    indices: np.ndarray
+
+
+@dataclass(frozen=True)
+class SceneGeometry:
+    """Everything the scene needs, as plain arrays (cacheable per map and visual seed).
+
+    Attributes:
+        atlas: RGB texture atlas.
+        cells: Visual meshes, one per cell.
+        colliders: Static collision meshes as (vertices, indices) pairs.
+    """
+
+    atlas: np.ndarray
+    cells: list[CellMesh]
+    colliders: list[tuple[FloatArray, np.ndarray]]
+
 
 class _MeshSet:
-    """Triangles grouped by spatial cell, split into visual-only and colliding sets."""
+    """Visual triangles grouped by spatial cell; colliding ones also by coarser chunk."""
 
     def __init__(self, cell_m: float, rects: dict[str, tuple[float, ...]]) -> None:
         self.cell_m = cell_m
+        self.chunk_m = 8.0 * cell_m
         self.rects = rects
-        self.meshes: dict[tuple[int, int, bool], _Mesh] = {}
+        self.visual: dict[tuple[int, int], _Mesh] = {}
+        self.collision: dict[tuple[int, int], _Mesh] = {}
 
     def quads(self, corners: FloatArray, tile: str, collide: bool = False) -> None:
         """Add quads (K, 4, 3) whose corners run counter-clockwise seen from the visible side."""
+        if len(corners) == 0:
+            return
         u0, v0, u1, v1 = self.rects[tile]
         uv = np.array([[u0, v0], [u1, v0], [u1, v1], [u0, v1]])
         e1 = corners[:, 1] - corners[:, 0]
         e2 = corners[:, 3] - corners[:, 0]
         nrm = np.cross(e1, e2)
         nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-9)
-        centre = corners.mean(axis=1)
-        keys = np.floor(centre[:, :2] / self.cell_m).astype(int)
-        for key in {tuple(k) for k in keys.tolist()}:
+        centre = corners.mean(axis=1)[:, :2]
+        self._add(self.visual, self.cell_m, corners, centre, uv, nrm)
+        if collide:
+            self._add(self.collision, self.chunk_m, corners, centre, uv, nrm)
+
+    @staticmethod
+    def _add(store: dict[tuple[int, int], _Mesh], size: float, corners: FloatArray,
+             centre: FloatArray, uv: FloatArray, nrm: FloatArray) -> None:
+        keys = np.floor(centre / size).astype(int)
+        for key in sorted({(int(k[0]), int(k[1])) for k in keys}):
             sel = np.all(keys == key, axis=1)
             c = corners[sel]
             k = len(c)
-            mesh = self.meshes.setdefault((key[0], key[1], collide), _Mesh(collide=collide))
+            mesh = store.setdefault(key, _Mesh())
             base = (np.arange(k) * 4)[:, None]
             # Counter-clockwise seen from the front: TinyRenderer culls back faces.
-            idx = np.concatenate([base + [0, 1, 2], base + [0, 2, 3]], axis=1)
+            idx = np.concatenate([base + np.array([0, 1, 2]), base + np.array([0, 2, 3])], axis=1)
             mesh.add(c.reshape(-1, 3), np.tile(uv, (k, 1)), np.repeat(nrm[sel], 4, axis=0),
                      idx.reshape(-1))
 
@@ -172,59 +214,37 @@ def _lane_quads(lane: Lane, z: float, period: float, d_lo: FloatArray | float,
     return quads, mids
 
 
-class Scene:
-    """The static world of one map inside one pybullet client.
+def build_geometry(road_map: RoadMap, cfg: SceneConfig,
+                   rng: np.random.Generator) -> SceneGeometry:
+    """Turn a map into merged, textured meshes (plain arrays; no pybullet).
 
     Args:
-        client: pybullet client id.
-        road_map: The map to build.
+        road_map: The map.
         cfg: Scene parameters.
-        rng: Generator for textures (visual randomisation comes from the episode seed).
+        rng: Generator for the textures.
     """
+    atlas, rects = build_atlas(rng)
+    meshes = _MeshSet(cfg.cell_m, rects)
+    builder = _GeometryBuilder(road_map, cfg)
+    builder._add_roads(meshes)
+    builder._add_grass(meshes)
+    builder._add_barriers(meshes)
+    builder._add_objects(meshes)
+    cells = []
+    for (cx, cy), mesh in sorted(meshes.visual.items()):
+        v, uv, n, idx = mesh.arrays()
+        cells.append(CellMesh(((cx + 0.5) * cfg.cell_m, (cy + 0.5) * cfg.cell_m), v, uv, n, idx))
+    colliders = []
+    for _, mesh in sorted(meshes.collision.items()):
+        v, _, _, idx = mesh.arrays()
+        colliders.append((v, idx))
+    return SceneGeometry(atlas, cells, colliders)
 
-    def __init__(self, client: int, road_map: RoadMap, cfg: SceneConfig,
-                 rng: np.random.Generator) -> None:
-        self.client = client
+
+class _GeometryBuilder:
+    def __init__(self, road_map: RoadMap, cfg: SceneConfig) -> None:
         self.map = road_map
         self.cfg = cfg
-        self.body_class: dict[int, SemanticClass] = {}
-        atlas, rects = build_atlas(rng)
-        self.texture_id = p.loadTexture(textures.texture_file(atlas), physicsClientId=client)
-        plane = p.createCollisionShape(p.GEOM_PLANE, physicsClientId=client)
-        self.ground_id = p.createMultiBody(0, plane, -1, physicsClientId=client)
-        p.changeDynamics(self.ground_id, -1, lateralFriction=1.0, physicsClientId=client)
-        self.body_class[self.ground_id] = SemanticClass.ROAD
-        meshes = _MeshSet(cfg.cell_m, rects)
-        self._add_roads(meshes)
-        self._add_grass(meshes)
-        self._add_barriers(meshes)
-        self._add_objects(meshes)
-        self.cell_bodies: list[int] = []
-        centres = []
-        for (cx, cy, collide), mesh in sorted(meshes.meshes.items()):
-            body = self._create_body(mesh)
-            self.cell_bodies.append(body)
-            centres.append(((cx + 0.5) * cfg.cell_m, (cy + 0.5) * cfg.cell_m))
-            self.body_class[body] = SemanticClass.STATIC if collide else SemanticClass.ROAD
-        self.cell_centres = np.asarray(centres, dtype=np.float64).reshape(-1, 2)
-        self._visible = np.ones(len(self.cell_bodies), dtype=bool)
-
-    def _create_body(self, mesh: _Mesh) -> int:
-        c = self.client
-        verts = np.concatenate(mesh.vertices)
-        idx = np.concatenate(mesh.indices).astype(int)
-        vs = p.createVisualShape(p.GEOM_MESH, vertices=verts.tolist(), indices=idx.tolist(),
-                                 uvs=np.concatenate(mesh.uvs).tolist(),
-                                 normals=np.concatenate(mesh.normals).tolist(),
-                                 physicsClientId=c)
-        cs = -1
-        if mesh.collide:
-            cs = p.createCollisionShape(p.GEOM_MESH, vertices=verts.tolist(),
-                                        indices=idx.tolist(),
-                                        flags=p.GEOM_FORCE_CONCAVE_TRIMESH, physicsClientId=c)
-        body = p.createMultiBody(0, cs, vs, physicsClientId=c)
-        p.changeVisualShape(body, -1, textureUniqueId=self.texture_id, physicsClientId=c)
-        return int(body)
 
     def _add_roads(self, meshes: _MeshSet) -> None:
         left_shoulder, right_shoulder = self.map.shoulders
@@ -255,23 +275,29 @@ class Scene:
         return np.asarray((st >= lo) & (st <= hi))
 
     def _add_grass(self, meshes: _MeshSet) -> None:
-        tile = 25.0
+        """Grass strips beside the outer shoulders (never under the road: overdraw costs)."""
         band = self.cfg.grass_band_m
-        pts = np.concatenate([ln.centre[::5] for ln in self.map.lanes])
-        lo = np.floor((pts.min(axis=0) - band) / tile)
-        hi = np.ceil((pts.max(axis=0) + band) / tile)
-        gx, gy = np.meshgrid(np.arange(lo[0], hi[0]), np.arange(lo[1], hi[1]), indexing="ij")
-        corners = np.stack([gx.ravel(), gy.ravel()], axis=1) * tile
-        centres = corners + tile / 2.0
-        keep = np.zeros(len(centres), dtype=bool)
-        for chunk in range(0, len(pts), 256):
-            d = np.linalg.norm(centres[:, None, :] - pts[None, chunk : chunk + 256, :], axis=2)
-            keep |= (d < band + tile).any(axis=1)
-        c = corners[keep]
-        z = np.zeros((len(c), 1))
-        quads = np.stack([np.hstack([c + [0, tile], z]), np.hstack([c, z]),
-                          np.hstack([c + [tile, 0], z]), np.hstack([c + [tile, tile], z])], axis=1)
-        meshes.quads(quads, "grass")
+        if band <= 0:
+            return
+        left_shoulder, right_shoulder = self.map.shoulders
+        period = 2.0 * textures.DASH_PERIOD_M
+        near = min(12.0, band)
+        for lane in self.map.lanes:
+            half = lane.width / 2.0
+            sides = [(-1.0, half + right_shoulder)]
+            if lane.left is None:
+                sides.append((1.0, half + left_shoulder))
+            for sign, edge in sides:
+                for lo, hi in ((0.0, near), (near, band)):
+                    if hi <= lo:
+                        continue
+                    inner, outer = sign * (edge + lo), sign * (edge + hi)
+                    lower, upper = (inner, outer) if sign > 0 else (outer, inner)
+                    q, _ = _lane_quads(lane, 0.0, period, lower, upper)
+                    centres = q.mean(axis=1)[:, :2]
+                    free = np.array([self.map.locate(c) is None for c in centres], dtype=bool)
+                    if free.any():
+                        meshes.quads(q[free], "grass")
 
     def _add_barriers(self, meshes: _MeshSet) -> None:
         h, w = self.cfg.barrier_height_m, self.cfg.barrier_width_m / 2.0
@@ -310,22 +336,85 @@ class Scene:
             else:
                 meshes.box(obj.x, obj.y, 0.0, obj.yaw, obj.size, "dark", True)
 
+
+
+class Scene:
+    """The static world of one map inside one pybullet client.
+
+    Collision geometry (ground plane, barriers, objects) is created at once. Visual
+    cells are created when they come into view and removed when they leave it: every
+    body in the world costs time in each physics substep, even a visual-only one.
+
+    Args:
+        client: pybullet client id.
+        geometry: Prepared meshes (see :func:`build_geometry`).
+        cfg: Scene parameters.
+    """
+
+    def __init__(self, client: int, geometry: SceneGeometry, cfg: SceneConfig) -> None:
+        self.client = client
+        self.geometry = geometry
+        self.cfg = cfg
+        self.body_class: dict[int, SemanticClass] = {}
+        self.texture_id = p.loadTexture(textures.texture_file(geometry.atlas),
+                                        physicsClientId=client)
+        plane = p.createCollisionShape(p.GEOM_PLANE, physicsClientId=client)
+        self.ground_id = p.createMultiBody(0, plane, -1, physicsClientId=client)
+        p.changeDynamics(self.ground_id, -1, lateralFriction=1.0, physicsClientId=client)
+        self.body_class[self.ground_id] = SemanticClass.ROAD
+        for verts, idx in geometry.colliders:
+            cs = p.createCollisionShape(p.GEOM_MESH, vertices=verts.tolist(),
+                                        indices=idx.tolist(),
+                                        flags=p.GEOM_FORCE_CONCAVE_TRIMESH, physicsClientId=client)
+            body = p.createMultiBody(0, cs, -1, physicsClientId=client)
+            self.body_class[int(body)] = SemanticClass.STATIC
+        self.cell_centres = np.array([c.centre for c in geometry.cells]).reshape(-1, 2)
+        self._shapes: list[int | None] = [None] * len(geometry.cells)
+        self.cell_bodies: list[int | None] = [None] * len(geometry.cells)
+        self._visible = np.zeros(len(geometry.cells), dtype=bool)
+
+    def _show(self, i: int) -> None:
+        c = self.client
+        shape = self._shapes[i]
+        if shape is None:
+            cell = self.geometry.cells[i]
+            shape = p.createVisualShape(p.GEOM_MESH, vertices=cell.vertices.tolist(),
+                                        indices=cell.indices.tolist(), uvs=cell.uvs.tolist(),
+                                        normals=cell.normals.tolist(), physicsClientId=c)
+            self._shapes[i] = shape
+        body = int(p.createMultiBody(0, -1, shape, physicsClientId=c))
+        p.changeVisualShape(body, -1, textureUniqueId=self.texture_id, physicsClientId=c)
+        self.cell_bodies[i] = body
+        self.body_class[body] = SemanticClass.ROAD
+
+    def _hide(self, i: int) -> None:
+        body = self.cell_bodies[i]
+        if body is not None:
+            p.removeBody(body, physicsClientId=self.client)
+            self.body_class.pop(body, None)
+            self.cell_bodies[i] = None
+
     def update_visibility(self, x: float, y: float, yaw: float) -> None:
-        """Show only the cells within view distance and not behind the camera at (x, y, yaw)."""
+        """Keep in the world only the cells within view distance and not behind (x, y, yaw).
+
+        Cells enter and leave in index order, so the sequence of pybullet calls (and with
+        it every result) depends only on the trajectory.
+        """
         rel = self.cell_centres - (x, y)
         dist = np.hypot(rel[:, 0], rel[:, 1])
         ahead = rel[:, 0] * np.cos(yaw) + rel[:, 1] * np.sin(yaw)
         margin = self.cfg.cell_m * 0.75
         visible = (dist < self.cfg.view_distance_m + margin) & (ahead > -margin)
         for i in np.flatnonzero(visible != self._visible):
-            alpha = 1.0 if visible[i] else 0.0
-            p.changeVisualShape(self.cell_bodies[i], -1, rgbaColor=[1, 1, 1, alpha],
-                                physicsClientId=self.client)
+            if visible[i]:
+                self._show(int(i))
+            else:
+                self._hide(int(i))
         self._visible = visible
 
     @property
-    def num_triangles_visible(self) -> int:
-        """Triangles in the currently visible cells (for benchmarks)."""
+    def num_visible_cells(self) -> int:
+        """Cells currently in the world (for benchmarks)."""
         return int(self._visible.sum())
 
 

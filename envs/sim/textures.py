@@ -28,7 +28,7 @@ DASH_PERIOD_M = 12.0
 #: Length of a painted dash [m].
 DASH_LENGTH_M = 4.0
 #: Width of a painted line [m].
-LINE_WIDTH_M = 0.15
+LINE_WIDTH_M = 0.25
 
 
 def _noise(rng: np.random.Generator, h: int, w: int, blur: int) -> NDArray[np.float32]:
@@ -39,13 +39,13 @@ def _noise(rng: np.random.Generator, h: int, w: int, blur: int) -> NDArray[np.fl
     return n
 
 
-def asphalt(rng: np.random.Generator, h: int, w: int, base: tuple[int, int, int] = (72, 72, 76),
+def asphalt(rng: np.random.Generator, h: int, w: int, base: tuple[int, int, int] = (98, 98, 102),
             ) -> Image:
     """Asphalt: grey base, coarse blotches and fine grain."""
     img = np.empty((h, w, 3), np.float32)
     img[:] = base
-    coarse = _noise(rng, h, w, 6) * 6.0
-    fine = rng.standard_normal((h, w)).astype(np.float32) * 5.0
+    coarse = _noise(rng, h, w, 6) * 4.0
+    fine = rng.standard_normal((h, w)).astype(np.float32) * 3.0
     img += (coarse + fine)[:, :, None]
     return np.clip(img, 0, 255).astype(np.uint8)
 

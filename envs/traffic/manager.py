@@ -141,6 +141,7 @@ class TrafficManager:
         self.y = np.zeros(n)
         self.yaw = np.zeros(n)
         self.body_ids: list[int] = []
+        self._parked: list[bool] = [False] * n
         self.ego = EgoSlot()
 
     # ------------------------------------------------------------------ bodies
@@ -414,9 +415,7 @@ class TrafficManager:
         if ego.lane < 0:
             return
         ego_station = float(self.map.lanes[ego.lane].station_at(ego.s))
-        stations = np.array([float(self.map.lanes[int(ln)].station_at(s_i))
-                             for ln, s_i in zip(self.lane, self.s, strict=True)])
-        rel = stations - ego_station
+        rel = self.stations() - ego_station
         for i in range(self.cfg.num_vehicles):
             if not self.active[i]:
                 self._draw_driver(i)
@@ -428,20 +427,41 @@ class TrafficManager:
                 self._draw_driver(i)
                 self._spawn(i, ego_station, "ahead")
 
+    def _per_lane(self, fn_name: str, s: FloatArray, d: FloatArray | None = None
+                  ) -> tuple[FloatArray, ...]:
+        """Evaluate a Lane method for all active vehicles, one vectorised call per lane."""
+        out: list[FloatArray] = []
+        for lane_idx in np.unique(self.lane[self.active]):
+            sel = self.active & (self.lane == lane_idx)
+            ln = self.map.lanes[int(lane_idx)]
+            out.append((sel, getattr(ln, fn_name)(s[sel]) if d is None
+                        else getattr(ln, fn_name)(s[sel], d[sel])))
+        return tuple(out)
+
+    def stations(self) -> FloatArray:
+        """Road station of every vehicle (NaN when inactive) [m]."""
+        st = np.full(self.cfg.num_vehicles, np.nan)
+        for sel, values in self._per_lane("station_at", self.s):
+            st[sel] = values
+        return st
+
     def _update_poses(self) -> None:
         c = self.client
+        heading = np.zeros(self.cfg.num_vehicles)
+        for sel, xy in self._per_lane("position", self.s, self.d):
+            self.x[sel], self.y[sel] = xy[:, 0], xy[:, 1]
+        for sel, h in self._per_lane("heading_at", self.s):
+            heading[sel] = h
+        self.yaw = heading + np.arctan2(self.d_rate, np.maximum(self.v, 1.0))
+        half = 0.5 * self.yaw
+        qz, qw = np.sin(half), np.cos(half)
         for i, body in enumerate(self.body_ids):
-            if not self.active[i]:
+            if self.active[i]:
+                p.resetBasePositionAndOrientation(body, (self.x[i], self.y[i], 0.0),
+                                                  (0.0, 0.0, qz[i], qw[i]), physicsClientId=c)
+            elif self._parked[i] is False:
                 p.resetBasePositionAndOrientation(body, _PARKED, (0, 0, 0, 1), physicsClientId=c)
-                continue
-            ln = self.map.lanes[int(self.lane[i])]
-            x, y = ln.position(self.s[i], self.d[i])
-            heading = float(ln.heading_at(self.s[i]))
-            yaw = heading + np.arctan2(self.d_rate[i], max(self.v[i], 1.0))
-            self.x[i], self.y[i], self.yaw[i] = x, y, yaw
-            p.resetBasePositionAndOrientation(body, (x, y, 0.0), (0.0, 0.0, np.sin(yaw / 2),
-                                                                  np.cos(yaw / 2)),
-                                              physicsClientId=c)
+            self._parked[i] = not self.active[i]
 
     def boxes(self) -> FloatArray:
         """Active vehicles as rows ``[x, y, yaw, length, width, speed]`` (M, 6)."""
