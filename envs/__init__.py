@@ -22,7 +22,7 @@ if "bulletdrive/Highway-v0" not in registry:
              disable_env_checker=False)
 
 
-def make(env_id: str, **kwargs: object) -> "DrivingEnv":
+def make(env_id: str, **kwargs: object) -> DrivingEnv:
     """Create a bulletdrive env by id, with a clear error naming the valid ids.
 
     Keyword arguments go to the env (``config=``, ``overrides=``, ``render_mode=``).
@@ -35,4 +35,4 @@ def make(env_id: str, **kwargs: object) -> "DrivingEnv":
         raise ValueError(f"unknown env id {env_id!r}; valid: {', '.join(ENV_IDS)}")
     module, cls = str(registry[short].entry_point).split(":")
     env = getattr(importlib.import_module(module), cls)(**kwargs)
-    return env  # type: ignore[no-any-return]
+    return env

@@ -18,6 +18,7 @@ NaN/inf raise ``ValueError``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -67,7 +68,7 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         render_mode: ``"rgb_array"`` renders a bird's-eye view beside the camera.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 10}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}  # noqa: RUF012
     default_config: ClassVar[str | None] = None
 
     def __init__(self, config: EnvConfig | str | Path | Mapping[str, Any] | None = None,
@@ -89,11 +90,12 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
             obs["camera"] = spaces.Box(0, 255, (cfg.camera.height, cfg.camera.width, 3), np.uint8)
         low = np.array([-100.0, -2.0, 0, 0, 0, 0, 0, 0, 0.0], np.float32)
         high = np.array([100.0, 2.0, 1, 1, 1, 1, 1, 1, 1.0e5], np.float32)
-        obs["measurements"] = spaces.Box(low, high, dtype=np.float32)
+        self._measurement_space = spaces.Box(low, high, dtype=np.float32)
+        obs["measurements"] = self._measurement_space
         if cfg.sensors.state:
             n = len(state_layout(cfg.sensors.state_vehicles))
             obs["state"] = spaces.Box(-1.0e4, 1.0e4, (n,), np.float32)
-        self.observation_space = spaces.Dict(obs)
+        self.observation_space = spaces.Dict(obs)  # type: ignore[assignment]
         self._maps: OrderedDict[int, Any] = OrderedDict()
         self.road_map: RoadMap | None = None
         self.route: Route | None = None
@@ -121,7 +123,7 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
             while len(self._maps) > 4:
                 self._maps.popitem(last=False)
         self._maps.move_to_end(map_seed)
-        return self._maps[map_seed]  # type: ignore[no-any-return]
+        return self._maps[map_seed]
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None,
               ) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
@@ -252,7 +254,8 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
             if cls == SemanticClass.VEHICLE:
                 i = self.traffic.body_ids.index(body)
                 lp = self.lane_point
-                heading_err = 0.0 if lp is None else math.remainder(st.yaw - lp.heading, 2 * math.pi)
+                heading_err = (0.0 if lp is None
+                               else math.remainder(st.yaw - lp.heading, 2 * math.pi))
                 event["class"] = "vehicle"
                 event["at_fault"] = ev.vehicle_collision_fault(
                     st.x, st.y, st.yaw, st.speed_mps * math.sin(heading_err),
@@ -364,7 +367,7 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         meas[1] = st.steer_rad
         meas[2 + int(command)] = 1.0
         meas[8] = dist
-        space = self.observation_space["measurements"]
+        space = self._measurement_space
         obs["measurements"] = np.clip(meas, space.low, space.high)
         if self.config.sensors.state:
             obs["state"] = self._privileged_state()
@@ -447,7 +450,7 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
                                self.config.vehicle.width_m, (230, 40, 40)))
         return self._bev.render(st.x, st.y, st.yaw, agents, self._route_line)
 
-    def render(self) -> NDArray[np.uint8] | None:  # type: ignore[override]
+    def render(self) -> NDArray[np.uint8] | None:
         """``rgb_array``: the camera frame (scaled) beside the bird's-eye view."""
         if self.render_mode != "rgb_array":
             return None
@@ -460,8 +463,8 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         if cam is None:
             st = self.state
             cam = self.camera.render(st.x, st.y, st.z, st.yaw)
-        cam = cv2.resize(cam, (256, 256), interpolation=cv2.INTER_NEAREST)
-        return np.concatenate([cam, view], axis=1)
+        big: NDArray[Any] = cv2.resize(cam, (256, 256), interpolation=cv2.INTER_NEAREST)
+        return np.concatenate([big, view], axis=1)
 
     def close(self) -> None:
         """Disconnect the pybullet client (safe to call twice)."""
@@ -471,10 +474,8 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         super().close()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # at interpreter exit pybullet may be gone
             self.close()
-        except Exception:  # interpreter shutdown: pybullet may already be gone
-            pass
 
 
 def _count_neighbours(rm: RoadMap, lane_id: str, side: str) -> int:

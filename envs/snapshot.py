@@ -35,7 +35,8 @@ def _camera_large(env: DrivingEnv, size: int = 336) -> NDArray[np.uint8]:
     assert env.camera is not None
     frame = env._camera_frame
     assert frame is not None
-    return cv2.resize(frame, (size, size), interpolation=cv2.INTER_NEAREST)
+    big: NDArray[Any] = cv2.resize(frame, (size, size), interpolation=cv2.INTER_NEAREST)
+    return big
 
 
 def save_snapshots(out: str | Path, env_id: str = "bulletdrive/Highway-v0", seed: int = 0,
@@ -92,7 +93,8 @@ def drive_episode(out: str | Path, env_id: str = "bulletdrive/Highway-v0", seed:
                                      env.config.control_hz, (672, 336))
             try:
                 steps = 0
-                for steps in tqdm(range(1, max_steps + 1), desc="demo episode", unit="step"):
+                for _ in tqdm(range(max_steps), desc="demo episode", unit="step"):
+                    steps += 1
                     _, reward, terminated, truncated, info = env.step(lane_keeping_action(env))
                     total += reward
                     for event in info["events"]:

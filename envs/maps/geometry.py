@@ -8,11 +8,13 @@ direction of travel.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-FloatArray = NDArray[np.float64]
+#: A float64 array; the dtype is documented, not enforced by the type checker.
+FloatArray = NDArray[Any]
 
 
 def wrap_angle(a: FloatArray | float) -> FloatArray | float:

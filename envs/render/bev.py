@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -16,7 +17,8 @@ from numpy.typing import NDArray
 from envs.maps.geometry import FloatArray
 from envs.maps.road_map import Marking, RoadMap
 
-Image = NDArray[np.uint8]
+#: An RGB image (H, W, 3) uint8 (dtype left open for numpy's typing of cv2 results).
+Image = NDArray[Any]
 
 _GRASS = (58, 92, 50)
 _ROAD = (92, 92, 96)
@@ -100,7 +102,7 @@ class BirdEyeView:
         Returns:
             RGB image (size_px, size_px, 3).
         """
-        img = np.empty((self.size_px, self.size_px, 3), np.uint8)
+        img: Image = np.empty((self.size_px, self.size_px, 3), np.uint8)
         img[:] = _GRASS
         radius = self.size_px * self.metres_per_px
         for poly in self._polys:

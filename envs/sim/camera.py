@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pybullet as p
@@ -12,7 +13,8 @@ from numpy.typing import NDArray
 from common.config import require
 from envs.sim import textures
 
-Image = NDArray[np.uint8]
+#: An RGB image (H, W, 3) uint8 (dtype left open for numpy's typing of cv2 results).
+Image = NDArray[Any]
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,8 @@ class SceneConfig:
 _MARK = {Marking.NONE: "N", Marking.DASHED: "D", Marking.SOLID: "S"}
 
 
-def build_atlas(rng: np.random.Generator) -> tuple[np.ndarray, dict[str, tuple[float, ...]]]:
+def build_atlas(rng: np.random.Generator,
+                ) -> tuple[np.ndarray, dict[str, tuple[float, float, float, float]]]:
     """Draw the texture atlas; return the RGB image and each tile's (u0, v0, u1, v1)."""
     tiles: dict[str, np.ndarray] = {}
     for left in Marking:
@@ -146,7 +147,8 @@ class SceneGeometry:
 class _MeshSet:
     """Visual triangles grouped by spatial cell; colliding ones also by coarser chunk."""
 
-    def __init__(self, cell_m: float, rects: dict[str, tuple[float, ...]]) -> None:
+    def __init__(self, cell_m: float, rects: dict[str, tuple[float, float, float, float]],
+                 ) -> None:
         self.cell_m = cell_m
         self.chunk_m = 8.0 * cell_m
         self.rects = rects

@@ -12,6 +12,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -19,7 +20,8 @@ from numpy.typing import NDArray
 
 from envs.maps.road_map import Marking
 
-Image = NDArray[np.uint8]
+#: An RGB image (H, W, 3) uint8 (dtype left open for numpy's typing of cv2 results).
+Image = NDArray[Any]
 
 #: Pixels per metre across a lane texture.
 LANE_PX_PER_M = 16.0
@@ -31,11 +33,11 @@ DASH_LENGTH_M = 4.0
 LINE_WIDTH_M = 0.25
 
 
-def _noise(rng: np.random.Generator, h: int, w: int, blur: int) -> NDArray[np.float32]:
-    n = rng.standard_normal((h, w)).astype(np.float32)
+def _noise(rng: np.random.Generator, h: int, w: int, blur: int) -> NDArray[Any]:
+    n: NDArray[Any] = rng.standard_normal((h, w)).astype(np.float32)
     if blur > 1:
-        n = cv2.GaussianBlur(n, (0, 0), blur, borderType=cv2.BORDER_REFLECT)
-        n /= max(float(n.std()), 1e-6)
+        blurred: NDArray[Any] = cv2.GaussianBlur(n, (0, 0), blur, borderType=cv2.BORDER_REFLECT)
+        n = blurred / max(float(blurred.std()), 1e-6)
     return n
 
 

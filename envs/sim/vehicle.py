@@ -52,7 +52,7 @@ _WHEEL_JOINTS = (_FL_WHEEL, _FR_WHEEL, _RL_WHEEL, _RR_WHEEL)
 _KNUCKLE_MASS_KG = 2.0
 #: Ground clearance of the chassis collision box [m].
 _CLEARANCE_M = 0.18
-#: Height of the centre of mass above the ground [m], capped to the body.
+#: Height of the centre of mass above the ground [m] (capped at the middle of the body).
 _COM_HEIGHT_M = 0.55
 #: Visual width of a wheel [m].
 _WHEEL_WIDTH_M = 0.22
@@ -328,8 +328,8 @@ class EgoVehicle:
                          lateralFriction=0.5, physicsClientId=c)
         mw, iw = cfg.wheel_mass_kg, self._wheel_inertia
         i_side = mw * (3.0 * r * r + _WHEEL_WIDTH_M ** 2) / 12.0
+        k = 0.4 * _KNUCKLE_MASS_KG * 0.1 ** 2  # knuckle: a 2 kg ball of 0.1 m radius
         for link in _STEER_JOINTS:
-            k = 0.4 * _KNUCKLE_MASS_KG * 0.1 ** 2
             p.changeDynamics(body, link, localInertiaDiagonal=[k, k, k], jointDamping=0.0,
                              physicsClientId=c)
         for link in _WHEEL_JOINTS:
@@ -354,6 +354,7 @@ class EgoVehicle:
 
         Steering is centred, the body moves forward at ``speed_mps`` without rotating and
         the wheels spin at the matching rolling speed; commands are zeroed (coasting).
+        The ground is assumed flat at z = 0.
 
         Args:
             x: Reference-point x [m].
@@ -437,7 +438,12 @@ class EgoVehicle:
 
     # ------------------------------------------------------------------ queries
     def state(self) -> VehicleState:
-        """Current kinematic state (three pybullet queries)."""
+        """Current kinematic state.
+
+        Returns:
+            The state, read with three pybullet queries (base pose, base velocity and
+            the two steering joints).
+        """
         c, b = self.client, self.body_id
         pos, quat = p.getBasePositionAndOrientation(b, physicsClientId=c)
         (vx, vy, _), (_, _, wz) = p.getBaseVelocity(b, physicsClientId=c)
@@ -456,9 +462,11 @@ class EgoVehicle:
             steer_cmd=self.steer_cmd, accel_cmd=self.accel_cmd)
 
     def footprint(self) -> np.ndarray:
-        """World corners (4, 2) of the chassis rectangle [m].
+        """World corners of the chassis rectangle.
 
-        Order: front-left, rear-left, rear-right, front-right (counter-clockwise).
+        Returns:
+            Array (4, 2) of corner (x, y) [m] in the order front-left, rear-left,
+            rear-right, front-right (counter-clockwise seen from above).
         """
         st = self.state()
         c, s = math.cos(st.yaw), math.sin(st.yaw)

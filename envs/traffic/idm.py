@@ -10,13 +10,17 @@ All inputs broadcast with numpy; units are SI (m, m/s, m/s^2, s).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import NDArray
 
 from common.config import require
 
-FloatArray = NDArray[np.float64]
+#: A float64 array; the dtype is documented, not enforced by the type checker.
+FloatArray = NDArray[Any]
+#: A scalar or an array that broadcasts with the others.
+Num = FloatArray | float
 
 #: Gap used when there is no leader [m]; large enough that the interaction term vanishes.
 FREE_ROAD_GAP_M = 1.0e4
@@ -47,8 +51,8 @@ class IDMParams:
         require(self.min_gap_m >= 0, "idm.min_gap_m must be >= 0")
 
 
-def idm_desired_gap(speed: ArrayLike, approach_rate: ArrayLike, time_headway: ArrayLike,
-                    min_gap: ArrayLike, max_accel: ArrayLike, comfort_decel: ArrayLike,
+def idm_desired_gap(speed: Num, approach_rate: Num, time_headway: Num,
+                    min_gap: Num, max_accel: Num, comfort_decel: Num,
                     ) -> FloatArray:
     """IDM desired dynamical gap ``s*`` [m].
 
@@ -60,10 +64,10 @@ def idm_desired_gap(speed: ArrayLike, approach_rate: ArrayLike, time_headway: Ar
     return np.asarray(min_gap + np.maximum(dyn, 0.0), dtype=np.float64)
 
 
-def idm_acceleration(speed: ArrayLike, desired_speed: ArrayLike, gap: ArrayLike,
-                     lead_speed: ArrayLike, max_accel: ArrayLike = 1.5,
-                     comfort_decel: ArrayLike = 2.0, time_headway: ArrayLike = 1.5,
-                     min_gap: ArrayLike = 2.0, delta: float = 4.0) -> FloatArray:
+def idm_acceleration(speed: Num, desired_speed: Num, gap: Num,
+                     lead_speed: Num, max_accel: Num = 1.5,
+                     comfort_decel: Num = 2.0, time_headway: Num = 1.5,
+                     min_gap: Num = 2.0, delta: float = 4.0) -> FloatArray:
     """IDM acceleration ``a [1 - (v/v0)^delta - (s*/s)^2]`` [m/s^2].
 
     Args:
@@ -85,8 +89,8 @@ def idm_acceleration(speed: ArrayLike, desired_speed: ArrayLike, gap: ArrayLike,
     return np.asarray(max_accel * (1.0 - free - (s_star / s) ** 2), dtype=np.float64)
 
 
-def idm_equilibrium_gap(speed: ArrayLike, desired_speed: ArrayLike, time_headway: ArrayLike,
-                        min_gap: ArrayLike, delta: float = 4.0) -> FloatArray:
+def idm_equilibrium_gap(speed: Num, desired_speed: Num, time_headway: Num,
+                        min_gap: Num, delta: float = 4.0) -> FloatArray:
     """Gap at which a follower at ``speed`` behind an equally fast leader has zero acceleration.
 
     ``s_e = (s0 + v T) / sqrt(1 - (v / v0)^delta)`` [m].
@@ -115,11 +119,11 @@ class MOBILParams:
         require(self.safe_decel_mps2 > 0, "mobil.safe_decel_mps2 must be > 0")
 
 
-def mobil_decision(acc_self_now: ArrayLike, acc_self_new: ArrayLike,
-                   acc_new_follower_now: ArrayLike, acc_new_follower_new: ArrayLike,
-                   acc_old_follower_now: ArrayLike, acc_old_follower_new: ArrayLike,
-                   politeness: ArrayLike, params: MOBILParams,
-                   bias: ArrayLike = 0.0) -> NDArray[np.bool_]:
+def mobil_decision(acc_self_now: Num, acc_self_new: Num,
+                   acc_new_follower_now: Num, acc_new_follower_new: Num,
+                   acc_old_follower_now: Num, acc_old_follower_new: Num,
+                   politeness: Num, params: MOBILParams,
+                   bias: Num = 0.0) -> NDArray[np.bool_]:
     """MOBIL: change lanes when it is safe and the incentive exceeds the threshold.
 
     Safety: the new follower's acceleration after the change is at least ``-b_safe``.
@@ -137,7 +141,7 @@ def mobil_decision(acc_self_now: ArrayLike, acc_self_new: ArrayLike,
         Boolean decision per candidate.
     """
     safe = np.asarray(acc_new_follower_new) >= -params.safe_decel_mps2
-    gain = (np.asarray(acc_self_new) - acc_self_now
-            + np.asarray(politeness) * ((np.asarray(acc_new_follower_new) - acc_new_follower_now)
-                                        + (np.asarray(acc_old_follower_new) - acc_old_follower_now)))
+    others = ((np.asarray(acc_new_follower_new) - acc_new_follower_now)
+              + (np.asarray(acc_old_follower_new) - acc_old_follower_now))
+    gain = np.asarray(acc_self_new) - acc_self_now + np.asarray(politeness) * others
     return np.asarray(safe & (gain + bias > params.threshold_mps2))

@@ -11,6 +11,7 @@ Shapes: every per-vehicle array has shape (N,) with N = ``TrafficConfig.num_vehi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pybullet as p
@@ -19,11 +20,17 @@ from numpy.typing import NDArray
 from common.config import require
 from envs.maps.road_map import RoadMap
 from envs.sim.scene import SemanticClass
-from envs.traffic.idm import FREE_ROAD_GAP_M, IDMParams, MOBILParams, idm_acceleration, \
-    mobil_decision
+from envs.traffic.idm import (
+    FREE_ROAD_GAP_M,
+    IDMParams,
+    MOBILParams,
+    idm_acceleration,
+    mobil_decision,
+)
 
-FloatArray = NDArray[np.float64]
-IntArray = NDArray[np.int64]
+#: A float64 array; the dtype is documented, not enforced by the type checker.
+FloatArray = NDArray[Any]
+IntArray = NDArray[Any]
 
 _PALETTE = np.array([
     [0.85, 0.85, 0.85], [0.15, 0.15, 0.17], [0.55, 0.57, 0.6], [0.7, 0.1, 0.1],
@@ -360,7 +367,7 @@ class TrafficManager:
                 if self.map.lanes[target].kind == "merge":
                     continue  # never move onto an ending acceleration lane
                 t_s = float(self.map.lanes[target].s_at_station(station))
-                if self._try_change(i, lane, s, acc, int(target), t_s,
+                if self._try_change(int(i), lane, s, acc, int(target), t_s,
                                     bias + (3.0 if mandatory else 0.0)):
                     break
 
@@ -416,27 +423,31 @@ class TrafficManager:
             return
         ego_station = float(self.map.lanes[ego.lane].station_at(ego.s))
         rel = self.stations() - ego_station
-        for i in range(self.cfg.num_vehicles):
-            if not self.active[i]:
-                self._draw_driver(i)
-                self._spawn(i, ego_station, "ahead" if self.rng.random() < 0.5 else "behind")
-            elif rel[i] > self.cfg.window_ahead_m + 10.0:
-                self._draw_driver(i)
-                self._spawn(i, ego_station, "behind")
-            elif rel[i] < -self.cfg.window_behind_m - 10.0:
-                self._draw_driver(i)
-                self._spawn(i, ego_station, "ahead")
+        for k in range(self.cfg.num_vehicles):
+            if not self.active[k]:
+                self._draw_driver(k)
+                self._spawn(k, ego_station, "ahead" if self.rng.random() < 0.5 else "behind")
+            elif rel[k] > self.cfg.window_ahead_m + 10.0:
+                self._draw_driver(k)
+                self._spawn(k, ego_station, "behind")
+            elif rel[k] < -self.cfg.window_behind_m - 10.0:
+                self._draw_driver(k)
+                self._spawn(k, ego_station, "ahead")
 
     def _per_lane(self, fn_name: str, s: FloatArray, d: FloatArray | None = None
-                  ) -> tuple[FloatArray, ...]:
-        """Evaluate a Lane method for all active vehicles, one vectorised call per lane."""
-        out: list[FloatArray] = []
+                  ) -> list[tuple[FloatArray, FloatArray]]:
+        """Evaluate a Lane method for all active vehicles, one vectorised call per lane.
+
+        Returns:
+            (mask of the vehicles, values) pairs, one per occupied lane.
+        """
+        out: list[tuple[FloatArray, FloatArray]] = []
         for lane_idx in np.unique(self.lane[self.active]):
             sel = self.active & (self.lane == lane_idx)
             ln = self.map.lanes[int(lane_idx)]
             out.append((sel, getattr(ln, fn_name)(s[sel]) if d is None
                         else getattr(ln, fn_name)(s[sel], d[sel])))
-        return tuple(out)
+        return out
 
     def stations(self) -> FloatArray:
         """Road station of every vehicle (NaN when inactive) [m]."""

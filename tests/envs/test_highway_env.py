@@ -124,7 +124,7 @@ def test_timeout_truncates() -> None:
     e = HighwayEnv(overrides=["traffic.num_vehicles=0", "max_steps=5"])
     try:
         e.reset(seed=0)
-        for i in range(5):
+        for _ in range(5):
             _, _, term, trunc, info = e.step(lane_keeping_action(e))
         assert trunc and not term
         assert info["events"][-1]["type"] == "timeout"

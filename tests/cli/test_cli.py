@@ -1,0 +1,57 @@
+"""The bulletdrive CLI: snapshot/demo/bench outputs and one-line errors on bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import pytest
+
+from cli.main import main
+
+
+def test_snapshot_writes_pngs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["snapshot", "--out", str(tmp_path), "--steps", "3",
+                 "--set", "traffic.num_vehicles=4"])
+    assert code == 0
+    for name in ("camera.png", "camera_x4.png", "bev.png", "map.png"):
+        img = cv2.imread(str(tmp_path / name))
+        assert img is not None and img.size > 0
+    assert cv2.imread(str(tmp_path / "camera.png")).shape == (84, 84, 3)
+    assert not list(tmp_path.glob(".*.tmp*"))  # no temporary files left behind
+
+
+def test_demo_writes_video(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["demo", "--out", str(tmp_path), "--steps", "12",
+                 "--set", "traffic.num_vehicles=4"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 12
+    cap = cv2.VideoCapture(str(tmp_path / "episode.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
+    cap.release()
+
+
+def test_bench_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--json", "--steps", "20"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    cam = out["highway_camera"]
+    for key in ("steps_per_s", "ms_per_frame", "ms_per_physics_substep", "ms_per_traffic_update"):
+        assert cam[key] > 0
+    assert out["highway_no_camera"]["camera"] == "off"
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [
+    (["snapshot", "--set", "traffic.num_vehicle=3"], "unknown config key 'traffic.num_vehicle'"),
+    (["snapshot", "--set", "camera.width=big"], "'camera.width' must be an integer"),
+    (["snapshot", "--env", "Mars-v0"], "unknown env id 'Mars-v0'; valid: bulletdrive/Highway-v0"),
+    (["bench", "--compare", "carla"], "unknown --compare target 'carla'; valid: highway-env"),
+])
+def test_bad_input_is_one_clear_line(argv: list[str], fragment: str, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    code = main([*argv, *(["--out", str(tmp_path)] if argv[0] == "snapshot" else [])])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and fragment in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,22 @@
+"""The shipped env YAML spells out exactly the embedded defaults; overrides apply."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.config import ConfigError
+from envs.config import EnvConfig, load_env_config
+
+
+def test_shipped_yaml_equals_defaults() -> None:
+    assert load_env_config("highway") == EnvConfig()
+
+
+def test_overrides_and_validation() -> None:
+    cfg = load_env_config("highway", ["traffic.num_vehicles=5", "camera.width=64"])
+    assert cfg.traffic.num_vehicles == 5 and cfg.camera.width == 64
+    assert cfg.substeps == 24
+    with pytest.raises(ConfigError, match="whole multiple"):
+        load_env_config(None, ["physics_hz=245"])
+    with pytest.raises(ConfigError, match="valid choices: 'control'"):
+        load_env_config(None, ["action.mode=teleport"])
