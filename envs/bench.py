@@ -99,7 +99,11 @@ def bench_highway_env(steps: int = 300, seed: int = 0) -> dict[str, Any]:
     Raises:
         ImportError: When highway-env is not installed (``pip install highway-env``).
     """
+    import os
+
     import gymnasium as gym
+
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # highway-env renders with pygame
     import highway_env  # noqa: F401  (registers the envs)
 
     config = {

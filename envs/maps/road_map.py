@@ -14,9 +14,14 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from typing import Any
+
 import numpy as np
+from numpy.typing import NDArray
 
 from envs.maps.geometry import FloatArray, arc_length, polyline_headings, project_to_polyline
+
+IntArray = NDArray[Any]
 
 
 class Marking(enum.IntEnum):
@@ -173,6 +178,7 @@ class RoadMap:
                     raise ValueError(f"lane {ln.id} links to unknown lane {other}")
         self.cell_m = cell_m
         self._build_grid()
+        self._build_table()
 
     def lane(self, lane_id: str) -> Lane:
         """The lane with this id."""
@@ -202,6 +208,41 @@ class RoadMap:
                 for cy in range(lo[seg, 1], hi[seg, 1] + 1):
                     grid.setdefault((cx, cy), []).append(seg)
         self._grid = {k: np.asarray(v, dtype=np.int64) for k, v in grid.items()}
+
+    def _build_table(self) -> None:
+        # All lanes laid end to end on one axis (with a gap between lanes), so that one
+        # np.interp call evaluates any number of (lane, s) queries on different lanes.
+        gap = 1.0e3
+        starts = np.cumsum([0.0] + [ln.length + gap for ln in self.lanes[:-1]])
+        self.lane_start = starts
+        self.lane_length = np.array([ln.length for ln in self.lanes])
+        self._tab_s = np.concatenate([st + ln.s for st, ln in zip(starts, self.lanes, strict=True)])
+        self._tab = {
+            "x": np.concatenate([ln.centre[:, 0] for ln in self.lanes]),
+            "y": np.concatenate([ln.centre[:, 1] for ln in self.lanes]),
+            "heading": np.concatenate([ln.heading for ln in self.lanes]),
+            "station": np.concatenate([ln.station for ln in self.lanes]),
+            "width": np.concatenate([ln.width for ln in self.lanes]),
+        }
+
+    def lane_values(self, name: str, lane: IntArray, s: FloatArray) -> FloatArray:
+        """Interpolate a lane attribute for many (lane index, arc length) pairs at once.
+
+        Args:
+            name: ``"x"``, ``"y"``, ``"heading"``, ``"station"`` or ``"width"``.
+            lane: Lane indices (N,).
+            s: Arc lengths (N,) [m]; clamped to each lane's extent.
+        """
+        g = self.lane_start[lane] + np.clip(s, 0.0, self.lane_length[lane])
+        return np.interp(g, self._tab_s, self._tab[name])
+
+    def poses(self, lane: IntArray, s: FloatArray, d: FloatArray) -> tuple[FloatArray, ...]:
+        """World x, y [m] and lane heading [rad] of many (lane, s, lateral offset d) points."""
+        g = self.lane_start[lane] + np.clip(s, 0.0, self.lane_length[lane])
+        h = np.interp(g, self._tab_s, self._tab["heading"])
+        x = np.interp(g, self._tab_s, self._tab["x"]) - np.sin(h) * d
+        y = np.interp(g, self._tab_s, self._tab["y"]) + np.cos(h) * d
+        return x, y, h
 
     def locate(self, point: FloatArray, heading: float | None = None) -> LanePoint | None:
         """Find the lane containing ``point`` (or the nearest one within 1 lane width).

@@ -51,7 +51,7 @@ class SceneConfig:
 
     cell_m: float = 60.0
     view_distance_m: float = 150.0
-    grass_band_m: float = 50.0
+    grass_band_m: float = 12.0
     barrier_height_m: float = 0.8
     barrier_width_m: float = 0.4
 
@@ -364,11 +364,15 @@ class Scene:
         self.ground_id = p.createMultiBody(0, plane, -1, physicsClientId=client)
         p.changeDynamics(self.ground_id, -1, lateralFriction=1.0, physicsClientId=client)
         self.body_class[self.ground_id] = SemanticClass.ROAD
+        # pybullet draws a body without a visual shape from its collision shape; the
+        # colliders are drawn by the cells instead, so hide them (alpha 0 is skipped).
+        _hide_body(client, self.ground_id)
         for verts, idx in geometry.colliders:
             cs = p.createCollisionShape(p.GEOM_MESH, vertices=verts.tolist(),
                                         indices=idx.tolist(),
                                         flags=p.GEOM_FORCE_CONCAVE_TRIMESH, physicsClientId=client)
             body = p.createMultiBody(0, cs, -1, physicsClientId=client)
+            _hide_body(client, body)
             self.body_class[int(body)] = SemanticClass.STATIC
         self.cell_centres = np.array([c.centre for c in geometry.cells]).reshape(-1, 2)
         self._shapes: list[int | None] = [None] * len(geometry.cells)
@@ -418,6 +422,11 @@ class Scene:
     def num_visible_cells(self) -> int:
         """Cells currently in the world (for benchmarks)."""
         return int(self._visible.sum())
+
+
+def _hide_body(client: int, body: int) -> None:
+    """Make a body invisible to the renderer (it still collides)."""
+    p.changeVisualShape(body, -1, rgbaColor=[1, 1, 1, 0], physicsClientId=client)
 
 
 def _z(xy: FloatArray, z: float) -> FloatArray:

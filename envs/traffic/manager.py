@@ -304,14 +304,14 @@ class TrafficManager:
         out_v = np.where(use_end, 0.0, out_v)
         return out_gap, out_v, np.where(found & ~use_end, idx, -1)
 
-    def _followers(self, lane: IntArray, s: FloatArray, q_lane: int, q_s: float,
-                   exclude: int) -> int:
-        behind = (lane == q_lane) & (s < q_s)
-        behind[exclude] = False
-        if not behind.any():
-            return -1
-        cand = np.flatnonzero(behind)
-        return int(cand[np.argmax(s[cand])])
+    def _followers(self, lane: IntArray, s: FloatArray, q_lane: IntArray, q_s: FloatArray,
+                   exclude: IntArray) -> IntArray:
+        """Index of the nearest agent behind each query point on ``q_lane`` (-1: none)."""
+        behind = (lane[None, :] == q_lane[:, None]) & (s[None, :] < q_s[:, None])
+        behind[np.arange(len(q_lane)), exclude] = False
+        masked = np.where(behind, s[None, :], -np.inf)
+        idx = np.argmax(masked, axis=1)
+        return np.where(np.isfinite(masked[np.arange(len(q_lane)), idx]), idx, -1)
 
     def _idm(self, idx: IntArray, gap: FloatArray, lead_v: FloatArray, speed: FloatArray,
              lane: IntArray | None = None) -> FloatArray:
@@ -336,7 +336,7 @@ class TrafficManager:
         idx = np.arange(n)
         gap, lead_v, _ = self._leaders(lane, s, self.lane, self.s, self.length, idx)
         acc = self._idm(idx, gap, lead_v, self.v)
-        self._lane_changes(lane, s, acc)
+        self._lane_changes(lane, s, acc, gap, lead_v)
         acc = np.where(self.active, acc, 0.0)
         # Semi-implicit Euler, speeds never negative.
         dt = self.dt
@@ -347,62 +347,83 @@ class TrafficManager:
         self._advance_lanes(ego)
         self._update_poses()
 
-    def _lane_changes(self, lane: IntArray, s: FloatArray, acc: FloatArray) -> None:
+    def _lane_candidates(self) -> tuple[IntArray, IntArray, FloatArray, FloatArray]:
+        """(vehicle, target lane, arc length on target, incentive bias) of due decisions."""
         cfg = self.cfg
         self.timer -= self.dt
         due = np.flatnonzero(self.active & self.can_change & (self.timer <= 0.0)
                              & (np.abs(self.d) < 0.5))
         self.timer[due] = cfg.decision_interval_s
-        for i in due:
+        rows: list[tuple[int, int, float, float]] = []
+        if len(due) == 0:
+            return np.zeros(0, int), np.zeros(0, int), np.zeros(0), np.zeros(0)
+        stations = self.map.lane_values("station", self.lane[due], self.s[due])
+        for i, station in zip(due, stations, strict=True):
             cur = int(self.lane[i])
-            station = float(self.map.lanes[cur].station_at(self.s[i]))
             mandatory = bool(self.lane_ends[cur])
-            for target, bias in ((self.left[cur], 0.0), (self.right[cur],
-                                                         cfg.mobil.keep_right_bias_mps2)):
-                if target < 0 or (mandatory and target != self.left[cur]):
-                    continue
-                lo, hi = self.station_range[target]
-                if not lo + 5.0 <= station <= hi - 30.0:
-                    continue
-                if self.map.lanes[target].kind == "merge":
-                    continue  # never move onto an ending acceleration lane
+            options = [(int(self.left[cur]), 3.0 if mandatory else 0.0)]
+            if not mandatory:
+                options.append((int(self.right[cur]), cfg.mobil.keep_right_bias_mps2))
+            for target, bias in options:
+                lo, hi = self.station_range[max(target, 0)]
+                if target < 0 or not lo + 5.0 <= station <= hi - 30.0 or self.lane_ends[target]:
+                    continue  # no lane there, or an ending acceleration lane
                 t_s = float(self.map.lanes[target].s_at_station(station))
-                if self._try_change(int(i), lane, s, acc, int(target), t_s,
-                                    bias + (3.0 if mandatory else 0.0)):
-                    break
+                rows.append((int(i), target, t_s, bias))
+        if not rows:
+            return np.zeros(0, int), np.zeros(0, int), np.zeros(0), np.zeros(0)
+        arr = np.array(rows)
+        return arr[:, 0].astype(int), arr[:, 1].astype(int), arr[:, 2], arr[:, 3]
 
-    def _try_change(self, i: int, lane: IntArray, s: FloatArray, acc: FloatArray,
-                    target: int, t_s: float, bias: float) -> bool:
-        one = np.array([i])
-        q_lane, q_s, q_len = np.array([target]), np.array([t_s]), self.length[one]
-        gap_new, v_new, _ = self._leaders(lane, s, q_lane, q_s, q_len, one)
-        acc_new = self._idm(one, gap_new, v_new, self.v[one], q_lane)[0]
-        # New follower: how hard it must brake behind us.
-        nf = self._followers(lane, s, target, t_s, i)
-        nf_now = nf_new = 0.0
-        if nf >= 0 and nf < len(self.v):
-            g_now, lv_now, _ = self._leaders(lane, s, np.array([target]), s[[nf]],
-                                             self.length[[nf]], np.array([nf]))
-            nf_now = float(self._idm(np.array([nf]), g_now, lv_now, self.v[[nf]])[0])
-            gap = t_s - s[nf] - (self.length[nf] + self.length[i]) / 2.0
-            nf_new = float(self._idm(np.array([nf]), np.array([gap]), self.v[[i]],
-                                     self.v[[nf]])[0])
-        elif nf >= 0:  # the ego follows: it must not be cut off dangerously
-            gap = t_s - s[nf] - (self.ego.length + self.length[i]) / 2.0
-            if gap < 5.0 or gap < (self.ego.speed - self.v[i]) * 2.0:
-                return False
-        ok = mobil_decision(acc[i], acc_new, nf_now, nf_new, 0.0, 0.0, self.politeness[i],
-                            self.cfg.mobil, bias)
-        if not bool(ok):
-            return False
-        old_lane = self.map.lanes[int(self.lane[i])]
-        new_lane = self.map.lanes[target]
-        # Keep the world position: the offset to the new centre line is the lane spacing.
-        pos = old_lane.position(self.s[i], self.d[i])
-        _, d = new_lane.project(pos)
+    def _lane_changes(self, lane: IntArray, s: FloatArray, acc: FloatArray, gap: FloatArray,
+                      lead_v: FloatArray) -> None:
+        """MOBIL for every vehicle whose decision is due, evaluated in one batch."""
+        qi, q_lane, q_s, bias = self._lane_candidates()
+        if len(qi) == 0:
+            return
+        n = self.cfg.num_vehicles
+        # The candidate in the target lane, behind its new leader.
+        g_new, v_lead_new, _ = self._leaders(lane, s, q_lane, q_s, self.length[qi], qi)
+        acc_new = self._idm(qi, g_new, v_lead_new, self.v[qi], q_lane)
+        # The new follower, now and with the candidate in front of it.
+        nf = self._followers(lane, s, q_lane, q_s, qi)
+        is_traffic = (nf >= 0) & (nf < n)
+        f = np.where(is_traffic, nf, 0)
+        f_gap = q_s - s[np.maximum(nf, 0)] - (self._all_len[np.maximum(nf, 0)]
+                                              + self.length[qi]) / 2.0
+        nf_now = np.where(is_traffic, acc[f], 0.0)
+        nf_new = np.where(is_traffic, self._idm(f, f_gap, self.v[qi], self.v[f]), 0.0)
+        # Never cut in tightly in front of the ego: it is not an IDM driver.
+        ego_behind = nf == n
+        ego_ok = ~ego_behind | ((f_gap > 5.0) & (f_gap > (self.ego.speed - self.v[qi]) * 2.0))
+        # The old follower, now and once the candidate has left.
+        of = self._followers(lane, s, self.lane[qi], self.s[qi], qi)
+        of_traffic = (of >= 0) & (of < n)
+        o = np.where(of_traffic, of, 0)
+        o_gap_now = self.s[qi] - s[np.maximum(of, 0)] - (self._all_len[np.maximum(of, 0)]
+                                                          + self.length[qi]) / 2.0
+        o_gap_new = np.where(gap[qi] < FREE_ROAD_GAP_M, o_gap_now + gap[qi] + self.length[qi],
+                             FREE_ROAD_GAP_M)
+        of_now = np.where(of_traffic, acc[o], 0.0)
+        of_new = np.where(of_traffic, self._idm(o, o_gap_new, lead_v[qi], self.v[o]), 0.0)
+        ok = ego_ok & mobil_decision(acc[qi], acc_new, nf_now, nf_new, of_now, of_new,
+                                     self.politeness[qi], self.cfg.mobil, bias)
+        moved: set[int] = set()
+        for k in np.flatnonzero(ok):
+            i = int(qi[k])
+            if i not in moved:
+                moved.add(i)
+                self._start_change(i, int(q_lane[k]), float(q_s[k]))
+
+    def _start_change(self, i: int, target: int, t_s: float) -> None:
+        cur = int(self.lane[i])
+        widths = self.map.lane_values("width", np.array([cur, target]), np.array([self.s[i], t_s]))
+        # Keep the world position: relative to the new centre line the vehicle sits one
+        # lane spacing to the right (moving left) or to the left (moving right).
+        side = -1.0 if target == self.left[cur] else 1.0
+        d = self.d[i] + side * 0.5 * float(widths[0] + widths[1])
         self.lane[i], self.s[i], self.d[i] = target, t_s, d
-        self.d_rate[i] = -np.sign(d) * float(new_lane.width[0]) / self.cfg.lane_change_duration_s
-        return True
+        self.d_rate[i] = -np.sign(d) * float(widths[1]) / self.cfg.lane_change_duration_s
 
     def _move_lateral(self) -> None:
         step = self.d_rate * self.dt
@@ -434,41 +455,21 @@ class TrafficManager:
                 self._draw_driver(k)
                 self._spawn(k, ego_station, "ahead")
 
-    def _per_lane(self, fn_name: str, s: FloatArray, d: FloatArray | None = None
-                  ) -> list[tuple[FloatArray, FloatArray]]:
-        """Evaluate a Lane method for all active vehicles, one vectorised call per lane.
-
-        Returns:
-            (mask of the vehicles, values) pairs, one per occupied lane.
-        """
-        out: list[tuple[FloatArray, FloatArray]] = []
-        for lane_idx in np.unique(self.lane[self.active]):
-            sel = self.active & (self.lane == lane_idx)
-            ln = self.map.lanes[int(lane_idx)]
-            out.append((sel, getattr(ln, fn_name)(s[sel]) if d is None
-                        else getattr(ln, fn_name)(s[sel], d[sel])))
-        return out
-
     def stations(self) -> FloatArray:
         """Road station of every vehicle (NaN when inactive) [m]."""
-        st = np.full(self.cfg.num_vehicles, np.nan)
-        for sel, values in self._per_lane("station_at", self.s):
-            st[sel] = values
-        return st
+        st = self.map.lane_values("station", self.lane, self.s)
+        return np.where(self.active, st, np.nan)
 
     def _update_poses(self) -> None:
         c = self.client
-        heading = np.zeros(self.cfg.num_vehicles)
-        for sel, xy in self._per_lane("position", self.s, self.d):
-            self.x[sel], self.y[sel] = xy[:, 0], xy[:, 1]
-        for sel, h in self._per_lane("heading_at", self.s):
-            heading[sel] = h
+        x, y, heading = self.map.poses(self.lane, self.s, self.d)
+        self.x, self.y = x, y
         self.yaw = heading + np.arctan2(self.d_rate, np.maximum(self.v, 1.0))
         half = 0.5 * self.yaw
         qz, qw = np.sin(half), np.cos(half)
         for i, body in enumerate(self.body_ids):
             if self.active[i]:
-                p.resetBasePositionAndOrientation(body, (self.x[i], self.y[i], 0.0),
+                p.resetBasePositionAndOrientation(body, (x[i], y[i], 0.0),
                                                   (0.0, 0.0, qz[i], qw[i]), physicsClientId=c)
             elif self._parked[i] is False:
                 p.resetBasePositionAndOrientation(body, _PARKED, (0, 0, 0, 1), physicsClientId=c)
