@@ -18,19 +18,36 @@ import pybullet as p
 
 from envs.driving_env import DrivingEnv
 from envs.highway_env import HighwayEnv
+from envs.traffic.idm import FREE_ROAD_GAP_M, idm_acceleration
 
 
 def lane_keeping_action(env: DrivingEnv, target_speed_factor: float = 0.9) -> np.ndarray:
-    """A proportional lane keeper on privileged map data, for benchmarks and smoke runs."""
+    """A simple privileged driver for benchmarks and smoke runs (not the expert).
+
+    Steering follows the Stanley law on the current lane's centre line; speed follows
+    IDM behind the nearest vehicle ahead in the same lane. It never changes lanes.
+    """
     st = env.state
     lp = env.lane_point
     if lp is None:
         return np.array([0.0, -1.0], np.float32)
+    vcfg = env.config.vehicle
     heading_err = math.remainder(st.yaw - lp.heading, 2 * math.pi)
-    steer = -0.35 * lp.d - 1.8 * heading_err
+    delta = -heading_err - math.atan2(1.5 * lp.d, max(st.speed_mps, 0.0) + 2.0)
+    steer = delta / vcfg.max_steer_rad
+    traffic = env.traffic
+    lane = env.road_map.lane_index[lp.lane] if env.road_map is not None else -1
+    ahead = traffic.active & (traffic.lane == lane) & (traffic.s > lp.s)
+    gap, lead_v = FREE_ROAD_GAP_M, 0.0
+    if ahead.any():
+        k = int(np.flatnonzero(ahead)[np.argmin(traffic.s[ahead])])
+        gap = float(traffic.s[k] - lp.s - (traffic.length[k] + vcfg.length_m) / 2.0)
+        lead_v = float(traffic.v[k])
     target = target_speed_factor * env._speed_limit()
-    accel = 0.5 * (target - st.speed_mps)
-    return np.clip(np.array([steer, accel], np.float32), -1.0, 1.0)
+    accel = float(idm_acceleration(max(st.speed_mps, 0.0), target, gap, lead_v,
+                                   max_accel=2.0, comfort_decel=3.0, time_headway=1.5))
+    cmd = accel / (vcfg.max_accel_mps2 if accel > 0 else vcfg.max_brake_mps2)
+    return np.clip(np.array([steer, cmd], np.float32), -1.0, 1.0)
 
 
 def _time_steps(env: DrivingEnv, steps: int, seed: int) -> dict[str, float]:
