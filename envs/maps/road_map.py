@@ -54,7 +54,10 @@ class Lane:
         station: Reference-line station of each point on the lane's road (N,) [m].
         speed_limit_mps: Legal speed [m/s].
         left_marking / right_marking: Boundary markings (left/right in the direction of travel).
-        kind: ``"driving"``, ``"ramp"`` or ``"merge"`` (an acceleration lane that ends).
+        kind: ``"driving"``, ``"ramp"``, ``"merge"`` (an acceleration lane that ends) or
+            ``"connector"`` (a path through a junction).
+        turn: For connectors: ``"left"``, ``"right"`` or ``"straight"``.
+        junction: For connectors: the id of their junction.
         successors / predecessors / left / right: Lane-graph links by lane id.
     """
 
@@ -67,6 +70,8 @@ class Lane:
     left_marking: Marking = Marking.DASHED
     right_marking: Marking = Marking.DASHED
     kind: str = "driving"
+    turn: str | None = None
+    junction: str | None = None
     successors: list[str] = field(default_factory=list)
     predecessors: list[str] = field(default_factory=list)
     left: str | None = None
@@ -139,6 +144,71 @@ class StaticObject:
 
 
 @dataclass(frozen=True)
+class Signal:
+    """A traffic signal controlling one approach lane at its stop line.
+
+    The phase cycle is ``green_s`` + ``amber_s`` + ``red_s`` long; the light is green
+    from ``offset_s`` (mod cycle) for ``green_s``, then amber, then red.
+
+    Attributes:
+        id: Unique name.
+        junction: Junction id.
+        lane: The approach lane it controls (its stop line is at the lane's end).
+        stop_line: Stop-line end points (2, 2) [m].
+        head_xy: Where the signal head stands [m].
+        head_yaw: Direction the signal faces (towards approaching traffic) [rad].
+        green_s / amber_s / red_s: Phase durations [s].
+        offset_s: Start of green within the cycle [s].
+    """
+
+    id: str
+    junction: str
+    lane: str
+    stop_line: FloatArray
+    head_xy: tuple[float, float]
+    head_yaw: float
+    green_s: float
+    amber_s: float
+    red_s: float
+    offset_s: float
+
+    @property
+    def cycle_s(self) -> float:
+        """Length of the phase cycle [s]."""
+        return self.green_s + self.amber_s + self.red_s
+
+    def state(self, t: float) -> int:
+        """Signal state at time ``t`` [s]: 0 green, 1 amber, 2 red."""
+        phase = (t - self.offset_s) % self.cycle_s
+        if phase < self.green_s:
+            return 0
+        return 1 if phase < self.green_s + self.amber_s else 2
+
+
+@dataclass(frozen=True)
+class Crosswalk:
+    """A pedestrian crossing: a quadrilateral (4, 2) across a road, near a junction [m].
+
+    ``start`` and ``end`` are the kerb-side centre points pedestrians walk between.
+    """
+
+    id: str
+    junction: str
+    polygon: FloatArray
+    start: tuple[float, float]
+    end: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Junction:
+    """An intersection: its area (polygon (K, 2)) [m] and the connector lanes inside."""
+
+    id: str
+    polygon: FloatArray
+    connectors: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class LanePoint:
     """A point located on the map: lane, arc length, lateral offset and lane heading."""
 
@@ -157,16 +227,24 @@ class RoadMap:
         barriers: Polylines (M, 2) of crash barriers / kerbs along the road [m].
         objects: Static roadside objects.
         shoulders: Paved shoulder width on the (left, right) of outermost lanes [m].
+        junctions: Intersections (urban maps).
+        signals: Traffic signals, one per controlled approach lane.
+        crosswalks: Pedestrian crossings.
         cell_m: Grid cell size of the spatial index [m].
     """
 
     def __init__(self, lanes: Sequence[Lane], name: str = "map",
                  barriers: Sequence[FloatArray] = (), objects: Sequence[StaticObject] = (),
-                 shoulders: tuple[float, float] = (0.0, 0.0), cell_m: float = 20.0) -> None:
+                 shoulders: tuple[float, float] = (0.0, 0.0),
+                 junctions: Sequence[Junction] = (), signals: Sequence[Signal] = (),
+                 crosswalks: Sequence[Crosswalk] = (), cell_m: float = 20.0) -> None:
         self.name = name
         self.barriers = [np.asarray(b, dtype=np.float64) for b in barriers]
         self.objects = list(objects)
         self.shoulders = shoulders
+        self.junctions = list(junctions)
+        self.signals = list(signals)
+        self.crosswalks = list(crosswalks)
         self.lanes: list[Lane] = list(lanes)
         self.lane_index: dict[str, int] = {ln.id: i for i, ln in enumerate(self.lanes)}
         if len(self.lane_index) != len(self.lanes):
