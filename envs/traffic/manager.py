@@ -178,7 +178,8 @@ class TrafficManager:
                                                                   height / 2],
                                          collisionFramePosition=[0, 0, height / 2],
                                          physicsClientId=c)
-            body = p.createMultiBody(0, col, vis, basePosition=_PARKED, physicsClientId=c)
+            body = p.createMultiBody(0, col, vis, basePosition=_PARKED,
+                                     useMaximalCoordinates=True, physicsClientId=c)
             self.body_ids.append(int(body))
 
     @property

@@ -81,7 +81,8 @@ def test_driving_makes_progress_and_reward(env: HighwayEnv) -> None:
         assert not term
     assert info["route_completion"] > 0.02
     assert info["route_progress_m"] > 60.0  # about 25 m/s for 4 s
-    assert total > 10.0
+    # Progress dominates the reward when nothing goes wrong.
+    assert total > 0.8 * env.config.reward.progress_per_m * info["route_progress_m"]
 
 
 def test_off_road_terminates(env: HighwayEnv) -> None:
