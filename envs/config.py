@@ -15,6 +15,7 @@ from typing import Any, Literal
 from common.config import load_config, require
 from envs.maps.highway import HighwayMapConfig
 from envs.sim.camera import CameraConfig
+from envs.sim.lidar import LidarConfig
 from envs.sim.scene import SceneConfig
 from envs.sim.vehicle import VehicleConfig
 from envs.traffic.manager import TrafficConfig
@@ -26,18 +27,32 @@ class SensorsConfig:
 
     Attributes:
         camera: Return the RGB ``camera`` image.
+        depth: Return ``depth``: metric depth (H, W) float32 [m] from the camera.
+        semantic: Return ``semantic``: class ids (H, W) uint8 from the camera (see
+            ``envs.sim.scene.SemanticClass``).
+        lidar: Return ``lidar``: ranges (channels * beams,) float32 [m].
         state: Return the privileged ``state`` vector (ego plus nearest vehicles).
         state_vehicles: Number of nearest vehicles in ``state``.
         state_range_m: Vehicles farther than this are left out of ``state`` [m].
+        lidar_config: Lidar geometry.
     """
 
     camera: bool = True
+    depth: bool = False
+    semantic: bool = False
+    lidar: bool = False
     state: bool = False
     state_vehicles: int = 8
     state_range_m: float = 100.0
+    lidar_config: LidarConfig = field(default_factory=LidarConfig)
 
     def __post_init__(self) -> None:
         require(0 <= self.state_vehicles <= 64, "sensors.state_vehicles must be in [0, 64]")
+
+    @property
+    def renders(self) -> bool:
+        """Whether any camera image (RGB, depth or semantic) is rendered."""
+        return self.camera or self.depth or self.semantic
 
 
 @dataclass(frozen=True)

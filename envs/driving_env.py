@@ -36,7 +36,8 @@ from envs.config import EnvConfig, load_env_config
 from envs.maps.road_map import LanePoint, Marking, RoadMap
 from envs.maps.route import Route
 from envs.render.bev import BirdEyeView, BoxAgent
-from envs.sim.camera import EgoCamera
+from envs.sim.camera import CameraFrame, EgoCamera
+from envs.sim.lidar import EGO_COLLISION_GROUP, Lidar
 from envs.sim.scene import Scene, SceneGeometry, SemanticClass, build_geometry
 from envs.sim.vehicle import EgoVehicle, VehicleState
 from envs.traffic.manager import EgoSlot, TrafficManager
@@ -86,8 +87,16 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         self._closed = False
         self.action_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
         obs: dict[str, spaces.Space[Any]] = {}
+        hw = (cfg.camera.height, cfg.camera.width)
         if cfg.sensors.camera:
-            obs["camera"] = spaces.Box(0, 255, (cfg.camera.height, cfg.camera.width, 3), np.uint8)
+            obs["camera"] = spaces.Box(0, 255, (*hw, 3), np.uint8)
+        if cfg.sensors.depth:
+            obs["depth"] = spaces.Box(0.0, cfg.camera.far_m, hw, np.float32)
+        if cfg.sensors.semantic:
+            obs["semantic"] = spaces.Box(0, max(SemanticClass), hw, np.uint8)
+        if cfg.sensors.lidar:
+            lidar = cfg.sensors.lidar_config
+            obs["lidar"] = spaces.Box(0.0, lidar.range_m, (lidar.num_rays,), np.float32)
         low = np.array([-100.0, -2.0, 0, 0, 0, 0, 0, 0, 0.0], np.float32)
         high = np.array([100.0, 2.0, 1, 1, 1, 1, 1, 1, 1.0e5], np.float32)
         self._measurement_space = spaces.Box(low, high, dtype=np.float32)
@@ -100,7 +109,7 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         self.road_map: RoadMap | None = None
         self.route: Route | None = None
         self._bev: BirdEyeView | None = None
-        self._camera_frame: NDArray[np.uint8] | None = None
+        self._frame: CameraFrame | None = None
 
     # ------------------------------------------------------------------ world hooks
     def generate_map(self, map_seed: int) -> tuple[RoadMap, Any]:
@@ -168,7 +177,13 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         self.traffic = TrafficManager(c, self.road_map, cfg.traffic, self.dt)
         self.traffic.reset(rng, self.road_map.lane_index[lane_id], s0)
         self.traffic_class = self.traffic.body_class
-        self.camera = EgoCamera(c, cfg.camera) if cfg.sensors.camera else None
+        self.camera = EgoCamera(c, cfg.camera) if cfg.sensors.renders else None
+        self.lidar = Lidar(c, cfg.sensors.lidar_config) if cfg.sensors.lidar else None
+        if self.lidar is not None:
+            # Its own group (colliding with everything as before) so that rays skip the ego.
+            for link in range(-1, p.getNumJoints(self.vehicle.body_id, physicsClientId=c)):
+                p.setCollisionFilterGroupMask(self.vehicle.body_id, link, EGO_COLLISION_GROUP,
+                                              0xFFFF, physicsClientId=c)
         if self.camera is not None:
             # The camera sits inside the car: hide the ego's own body from the renderer.
             for link in range(-1, p.getNumJoints(self.vehicle.body_id, physicsClientId=c)):
@@ -185,7 +200,7 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         self.prev_speed = self.state.speed_mps
         self.accel_mps2 = 0.0
         self.wrong_way_m = 0.0
-        self._camera_frame = None
+        self._frame = None
         self.last_events: list[ev.Event] = []
         self._sync_traffic()
         return self._observation(), self._info([])
@@ -355,11 +370,21 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
     def _observation(self) -> dict[str, NDArray[Any]]:
         obs: dict[str, NDArray[Any]] = {}
         st = self.state
+        sensors = self.config.sensors
         if self.camera is not None:
-            if self._camera_frame is None or self.steps % self._camera_period == 0:
+            if self._frame is None or self.steps % self._camera_period == 0:
                 self.scene.update_visibility(st.x, st.y, st.yaw)
-                self._camera_frame = self.camera.render(st.x, st.y, st.z, st.yaw)
-            obs["camera"] = self._camera_frame
+                self._frame = self.camera.render(st.x, st.y, st.z, st.yaw, sensors.depth,
+                                                 sensors.semantic)
+            frame = self._frame
+            if sensors.camera:
+                obs["camera"] = frame.rgb
+            if frame.depth_m is not None:
+                obs["depth"] = frame.depth_m
+            if frame.body_ids is not None:
+                obs["semantic"] = self._semantic(frame.body_ids)
+        if self.lidar is not None:
+            obs["lidar"] = self.lidar.scan(st.x, st.y, st.z, st.yaw)
         assert self.route is not None
         command, dist = self.route.next_command(self.route_progress)
         meas = np.zeros(len(MEASUREMENT_KEYS), np.float32)
@@ -372,6 +397,14 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         if self.config.sensors.state:
             obs["state"] = self._privileged_state()
         return obs
+
+    def _semantic(self, body_ids: NDArray[Any]) -> NDArray[np.uint8]:
+        """Map per-pixel body ids to semantic class ids through the object registry."""
+        registry = {**self.scene.body_class, **self.traffic_class}
+        lut = np.zeros(max(registry, default=0) + 2, np.uint8)  # last entry: nothing hit
+        for body, cls in registry.items():
+            lut[body] = cls
+        return lut[np.where(body_ids < 0, len(lut) - 1, body_ids)]
 
     def _privileged_state(self) -> NDArray[np.float32]:
         cfg = self.config.sensors
@@ -459,10 +492,10 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         view = self.bev(256)
         if self.camera is None:
             return view
-        cam = self._camera_frame
-        if cam is None:
+        if self._frame is None:
             st = self.state
-            cam = self.camera.render(st.x, st.y, st.z, st.yaw)
+            self._frame = self.camera.render(st.x, st.y, st.z, st.yaw)
+        cam = self._frame.rgb
         big: NDArray[Any] = cv2.resize(cam, (256, 256), interpolation=cv2.INTER_NEAREST)
         return np.concatenate([big, view], axis=1)
 

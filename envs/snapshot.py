@@ -33,9 +33,9 @@ def write_png(path: Path, rgb: NDArray[np.uint8]) -> Path:
 
 def _camera_large(env: DrivingEnv, size: int = 336) -> NDArray[np.uint8]:
     assert env.camera is not None
-    frame = env._camera_frame
+    frame = env._frame
     assert frame is not None
-    big: NDArray[Any] = cv2.resize(frame, (size, size), interpolation=cv2.INTER_NEAREST)
+    big: NDArray[Any] = cv2.resize(frame.rgb, (size, size), interpolation=cv2.INTER_NEAREST)
     return big
 
 

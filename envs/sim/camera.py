@@ -97,13 +97,44 @@ class EgoCamera:
         target = [eye[0] + c * cp, eye[1] + s * cp, eye[2] - math.sin(self.cfg.pitch_rad)]
         return eye, target
 
-    def render(self, x: float, y: float, z: float, yaw: float) -> Image:
-        """Render an RGB frame (H, W, 3) uint8 from the car pose (base at height ``z``)."""
+    def render(self, x: float, y: float, z: float, yaw: float, depth: bool = False,
+               segmentation: bool = False) -> CameraFrame:
+        """Render a frame from the car pose (base at height ``z``).
+
+        Args:
+            x, y, z, yaw: Car pose [m, rad].
+            depth: Also return metric depth.
+            segmentation: Also return the pybullet body id of every pixel (-1: nothing).
+
+        Returns:
+            The RGB image (H, W, 3) uint8, and depth (H, W) float32 [m] (``far_m`` where
+            nothing was hit) and body ids (H, W) int32 when asked for.
+        """
         eye, target = self.pose(x, y, z, yaw)
         view = p.computeViewMatrix(eye, target, [0.0, 0.0, 1.0])
         cfg = self.cfg
-        _, _, rgba, depth, _ = p.getCameraImage(cfg.width, cfg.height, view, self.projection,
-                                                **self._kwargs)
+        kwargs = self._kwargs if not segmentation else {**self._kwargs, "flags": 0}
+        _, _, rgba, zbuf, seg = p.getCameraImage(cfg.width, cfg.height, view, self.projection,
+                                                 **kwargs)
         rgb = np.asarray(rgba, dtype=np.uint8).reshape(cfg.height, cfg.width, 4)[:, :, :3]
-        empty = np.asarray(depth).reshape(cfg.height, cfg.width) >= 1.0
-        return np.where(empty[:, :, None], self.background, rgb)
+        zbuf = np.asarray(zbuf, dtype=np.float32).reshape(cfg.height, cfg.width)
+        empty = zbuf >= 1.0
+        rgb = np.where(empty[:, :, None], self.background, rgb)
+        frame = CameraFrame(rgb)
+        if depth:
+            near, far = cfg.near_m, cfg.far_m
+            # Undo the perspective depth-buffer encoding: z_ndc in [0, 1] -> metres.
+            metres = far * near / (far - (far - near) * zbuf)
+            frame.depth_m = np.where(empty, far, metres).astype(np.float32)
+        if segmentation:
+            frame.body_ids = np.asarray(seg, dtype=np.int32).reshape(cfg.height, cfg.width)
+        return frame
+
+
+@dataclass
+class CameraFrame:
+    """One rendered frame: RGB, and optionally depth [m] and per-pixel body ids."""
+
+    rgb: Image
+    depth_m: NDArray[Any] | None = None
+    body_ids: NDArray[Any] | None = None

@@ -61,20 +61,15 @@ class SceneConfig:
         require(self.grass_band_m >= 0.0, "scene.grass_band_m must be >= 0")
 
 
-_MARK = {Marking.NONE: "N", Marking.DASHED: "D", Marking.SOLID: "S"}
-
-
 def build_atlas(rng: np.random.Generator,
                 ) -> tuple[np.ndarray, dict[str, tuple[float, float, float, float]]]:
     """Draw the texture atlas; return the RGB image and each tile's (u0, v0, u1, v1)."""
     tiles: dict[str, np.ndarray] = {}
-    for left in Marking:
-        for right in Marking:
-            tiles[f"lane_{_MARK[left]}{_MARK[right]}"] = cv_resize(
-                textures.lane_texture(rng, 3.75, left, right))
+    tiles["asphalt"] = cv_resize(textures.asphalt(rng, _TILE_H, _TILE_W))
     tiles["grass"] = cv_resize(textures.grass(rng))
     tiles["concrete"] = cv_resize(textures.concrete(rng))
-    solid = {"trunk": (95, 70, 45), "crown": (45, 105, 45), "sign": (30, 90, 170),
+    solid = {"paint": (235, 235, 225), "trunk": (95, 70, 45), "crown": (45, 105, 45),
+             "sign": (30, 90, 170),
              "pole": (150, 150, 150), "building": (160, 140, 120), "dark": (40, 40, 40)}
     for name, rgb in solid.items():
         tile = np.empty((_TILE_H, _TILE_W, 3), np.uint8)
@@ -120,9 +115,10 @@ class _Mesh:
 
 @dataclass(frozen=True)
 class CellMesh:
-    """One cell of merged visual geometry: centre [m] and mesh arrays."""
+    """Merged visual geometry of one semantic class in one cell: centre [m] and arrays."""
 
     centre: tuple[float, float]
+    cls: SemanticClass
     vertices: FloatArray
     uvs: FloatArray
     normals: FloatArray
@@ -152,10 +148,11 @@ class _MeshSet:
         self.cell_m = cell_m
         self.chunk_m = 8.0 * cell_m
         self.rects = rects
-        self.visual: dict[tuple[int, int], _Mesh] = {}
-        self.collision: dict[tuple[int, int], _Mesh] = {}
+        self.visual: dict[tuple[int, int, int], _Mesh] = {}
+        self.collision: dict[tuple[int, int, int], _Mesh] = {}
 
-    def quads(self, corners: FloatArray, tile: str, collide: bool = False) -> None:
+    def quads(self, corners: FloatArray, tile: str, collide: bool = False,
+              cls: SemanticClass = SemanticClass.STATIC) -> None:
         """Add quads (K, 4, 3) whose corners run counter-clockwise seen from the visible side."""
         if len(corners) == 0:
             return
@@ -166,16 +163,17 @@ class _MeshSet:
         nrm = np.cross(e1, e2)
         nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-9)
         centre = corners.mean(axis=1)[:, :2]
-        self._add(self.visual, self.cell_m, corners, centre, uv, nrm)
+        self._add(self.visual, self.cell_m, int(cls), corners, centre, uv, nrm)
         if collide:
-            self._add(self.collision, self.chunk_m, corners, centre, uv, nrm)
+            self._add(self.collision, self.chunk_m, 0, corners, centre, uv, nrm)
 
     @staticmethod
-    def _add(store: dict[tuple[int, int], _Mesh], size: float, corners: FloatArray,
-             centre: FloatArray, uv: FloatArray, nrm: FloatArray) -> None:
+    def _add(store: dict[tuple[int, int, int], _Mesh], size: float, cls: int,
+             corners: FloatArray, centre: FloatArray, uv: FloatArray, nrm: FloatArray) -> None:
         keys = np.floor(centre / size).astype(int)
-        for key in sorted({(int(k[0]), int(k[1])) for k in keys}):
-            sel = np.all(keys == key, axis=1)
+        for kx, ky in sorted({(int(k[0]), int(k[1])) for k in keys}):
+            sel = (keys[:, 0] == kx) & (keys[:, 1] == ky)
+            key = (kx, ky, cls)
             c = corners[sel]
             k = len(c)
             mesh = store.setdefault(key, _Mesh())
@@ -186,7 +184,7 @@ class _MeshSet:
                      idx.reshape(-1))
 
     def box(self, x: float, y: float, z0: float, yaw: float, size: tuple[float, float, float],
-            tile: str, collide: bool) -> None:
+            tile: str, collide: bool, cls: SemanticClass = SemanticClass.STATIC) -> None:
         """Add an oriented box (sides and top) with its base at height ``z0``."""
         length, width, height = size
         c, s = np.cos(yaw), np.sin(yaw)
@@ -196,7 +194,7 @@ class _MeshSet:
         hi = np.column_stack([xy, np.full(4, z0 + height)])
         faces = [np.stack([lo[i], lo[(i + 1) % 4], hi[(i + 1) % 4], hi[i]]) for i in range(4)]
         faces.append(hi[[0, 1, 2, 3]])
-        self.quads(np.stack(faces), tile, collide)
+        self.quads(np.stack(faces), tile, collide, cls)
 
 
 def _lane_quads(lane: Lane, z: float, period: float, d_lo: FloatArray | float,
@@ -233,9 +231,10 @@ def build_geometry(road_map: RoadMap, cfg: SceneConfig,
     builder._add_barriers(meshes)
     builder._add_objects(meshes)
     cells = []
-    for (cx, cy), mesh in sorted(meshes.visual.items()):
+    for (cx, cy, cls), mesh in sorted(meshes.visual.items()):
         v, uv, n, idx = mesh.arrays()
-        cells.append(CellMesh(((cx + 0.5) * cfg.cell_m, (cy + 0.5) * cfg.cell_m), v, uv, n, idx))
+        cells.append(CellMesh(((cx + 0.5) * cfg.cell_m, (cy + 0.5) * cfg.cell_m),
+                              SemanticClass(cls), v, uv, n, idx))
     colliders = []
     for _, mesh in sorted(meshes.collision.items()):
         v, _, _, idx = mesh.arrays()
@@ -251,22 +250,49 @@ class _GeometryBuilder:
     def _add_roads(self, meshes: _MeshSet) -> None:
         left_shoulder, right_shoulder = self.map.shoulders
         period = textures.DASH_PERIOD_M
+        road = SemanticClass.ROAD
         for lane in self.map.lanes:
             half = lane.width / 2.0
             quads, mids = _lane_quads(lane, 0.03, period, -half, half)
+            meshes.quads(quads, "asphalt", cls=road)
             has_right = self._has_right_neighbour(lane, mids)
-            for right_drawn in (False, True):
-                sel = has_right != right_drawn
-                if not sel.any():
-                    continue
-                right = lane.right_marking if right_drawn else Marking.NONE
-                meshes.quads(quads[sel], f"lane_{_MARK[lane.left_marking]}{_MARK[right]}")
+            # Each lane paints its left boundary, and its right one where nothing is beside it.
+            self._add_marking(meshes, lane, lane.left_marking, half, None)
+            if not has_right.all():
+                self._add_marking(meshes, lane, lane.right_marking, -half, ~has_right)
             if lane.left is None and left_shoulder > 0:
                 q, _ = _lane_quads(lane, 0.02, period, half, half + left_shoulder)
-                meshes.quads(q, "lane_NN")
+                meshes.quads(q, "asphalt", cls=road)
             if right_shoulder > 0 and not has_right.all():
                 q, _ = _lane_quads(lane, 0.02, period, -half - right_shoulder, -half)
-                meshes.quads(q[~has_right], "lane_NN")
+                meshes.quads(q[~has_right], "asphalt", cls=road)
+
+    @staticmethod
+    def _add_marking(meshes: _MeshSet, lane: Lane, marking: Marking, d: FloatArray,
+                     keep: np.ndarray | None) -> None:
+        """Paint a boundary line at lateral offset ``d``: one quad per dash or per period."""
+        if marking == Marking.NONE:
+            return
+        w = textures.LINE_WIDTH_M / 2.0
+        period = textures.DASH_PERIOD_M
+        starts = np.arange(0.0, lane.length, period)
+        length = textures.DASH_LENGTH_M if marking == Marking.DASHED else period
+        ends = np.minimum(starts + length, lane.length)
+        if keep is not None:
+            ok = np.interp((starts + ends) / 2.0, (np.arange(len(keep)) + 0.5) * period,
+                           keep.astype(float)) > 0.5
+            starts, ends = starts[ok], ends[ok]
+        if len(starts) == 0:
+            return
+        d_s = np.interp(starts, lane.s, np.broadcast_to(d, lane.s.shape))
+        d_e = np.interp(ends, lane.s, np.broadcast_to(d, lane.s.shape))
+        z = np.full((len(starts), 1), 0.035)
+        a_l = np.hstack([lane.position(starts, d_s + w), z])
+        a_r = np.hstack([lane.position(starts, d_s - w), z])
+        b_l = np.hstack([lane.position(ends, d_e + w), z])
+        b_r = np.hstack([lane.position(ends, d_e - w), z])
+        meshes.quads(np.stack([a_l, a_r, b_r, b_l], axis=1), "paint",
+                     cls=SemanticClass.LANE_MARKING)
 
     def _has_right_neighbour(self, lane: Lane, s: FloatArray) -> np.ndarray:
         if lane.right is None:
@@ -299,7 +325,7 @@ class _GeometryBuilder:
                     centres = q.mean(axis=1)[:, :2]
                     free = np.array([self.map.locate(c) is None for c in centres], dtype=bool)
                     if free.any():
-                        meshes.quads(q[free], "grass")
+                        meshes.quads(q[free], "grass", cls=SemanticClass.OTHER)
 
     def _add_barriers(self, meshes: _MeshSet) -> None:
         h, w = self.cfg.barrier_height_m, self.cfg.barrier_width_m / 2.0
@@ -335,6 +361,9 @@ class _GeometryBuilder:
                 meshes.box(obj.x, obj.y, height - 1.0, obj.yaw, (0.05, width, 0.9), "sign", False)
             elif obj.kind == "building":
                 meshes.box(obj.x, obj.y, 0.0, obj.yaw, obj.size, "building", True)
+            elif obj.kind == "parked_car":
+                meshes.box(obj.x, obj.y, 0.0, obj.yaw, obj.size, "dark", True,
+                           SemanticClass.VEHICLE)
             else:
                 meshes.box(obj.x, obj.y, 0.0, obj.yaw, obj.size, "dark", True)
 
@@ -395,7 +424,7 @@ class Scene:
                                      physicsClientId=c))
         p.changeVisualShape(body, -1, textureUniqueId=self.texture_id, physicsClientId=c)
         self.cell_bodies[i] = body
-        self.body_class[body] = SemanticClass.ROAD
+        self.body_class[body] = self.geometry.cells[i].cls
 
     def _hide(self, i: int) -> None:
         body = self.cell_bodies[i]

@@ -18,18 +18,14 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from envs.maps.road_map import Marking
-
 #: An RGB image (H, W, 3) uint8 (dtype left open for numpy's typing of cv2 results).
 Image = NDArray[Any]
 
-#: Pixels per metre across a lane texture.
-LANE_PX_PER_M = 16.0
-#: Length of one lane-texture tile along the lane [m]: one dash plus one gap.
+#: Length of one road-surface quad along the lane [m]: one dash plus one gap.
 DASH_PERIOD_M = 12.0
 #: Length of a painted dash [m].
 DASH_LENGTH_M = 4.0
-#: Width of a painted line [m].
+#: Width of a painted line [m] (wide enough to stay visible at 84 x 84 px).
 LINE_WIDTH_M = 0.25
 
 
@@ -50,30 +46,6 @@ def asphalt(rng: np.random.Generator, h: int, w: int, base: tuple[int, int, int]
     fine = rng.standard_normal((h, w)).astype(np.float32) * 3.0
     img += (coarse + fine)[:, :, None]
     return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def lane_texture(rng: np.random.Generator, width_m: float, left: Marking, right: Marking,
-                 paint: tuple[int, int, int] = (235, 235, 225)) -> Image:
-    """One tile of lane surface: rows run along the lane (row 0 at the tile start).
-
-    Args:
-        rng: Random generator for the asphalt grain.
-        width_m: Lane width [m] (columns span it left to right in travel direction).
-        left: Marking drawn along the left edge.
-        right: Marking drawn along the right edge.
-        paint: RGB colour of the paint.
-    """
-    w = max(int(round(width_m * LANE_PX_PER_M)), 8)
-    h = int(round(DASH_PERIOD_M * LANE_PX_PER_M / 2))  # coarser along the lane
-    img = asphalt(rng, h, w)
-    line = max(int(round(LINE_WIDTH_M * LANE_PX_PER_M)), 2)
-    dash_rows = int(round(h * DASH_LENGTH_M / DASH_PERIOD_M))
-    for marking, cols in ((left, slice(0, line)), (right, slice(w - line, w))):
-        if marking == Marking.SOLID:
-            img[:, cols] = paint
-        elif marking == Marking.DASHED:
-            img[:dash_rows, cols] = paint
-    return img
 
 
 def grass(rng: np.random.Generator, size: int = 64) -> Image:

@@ -234,3 +234,32 @@ def test_render_rgb_array() -> None:
         assert frame is not None and frame.shape == (256, 512, 3)
     finally:
         e.close()
+
+
+def test_all_sensors_pass_checkers_and_agree() -> None:
+    e = HighwayEnv(overrides=[*FAST, "sensors.depth=true", "sensors.semantic=true",
+                              "sensors.lidar=true", "sensors.state=true"])
+    try:
+        gym_check_env(e, skip_render_check=True)
+        sb3_check_env(e, warn=True)
+        obs, _ = e.reset(seed=3)
+        for _ in range(5):
+            obs, *_ = e.step(lane_keeping_action(e))
+        depth, sem = obs["depth"], obs["semantic"]
+        assert depth.dtype == np.float32 and sem.dtype == np.uint8
+        h, w = depth.shape
+        # Straight ahead at the bottom: road close by; top row: sky at the far plane.
+        assert depth[-1, w // 2] < 10.0 and np.all(depth[0] >= e.config.camera.far_m - 1e-3)
+        from envs.sim.scene import SemanticClass
+
+        assert sem[-1, w // 2] in (SemanticClass.ROAD, SemanticClass.LANE_MARKING)
+        assert np.all(sem[0] == SemanticClass.OTHER)
+        assert (sem == SemanticClass.LANE_MARKING).any()
+        lidar = obs["lidar"]
+        cfg = e.config.sensors.lidar_config
+        assert lidar.shape == (cfg.num_rays,) and np.all(lidar <= cfg.range_m)
+        # Downward channel hits the ground at h / tan(elevation) ahead.
+        expect = cfg.mount_xyz_m[2] / np.tan(-cfg.elevations_rad[0])
+        assert abs(float(lidar[cfg.beams // 2]) - expect) < 0.5
+    finally:
+        e.close()

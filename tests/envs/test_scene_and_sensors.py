@@ -7,11 +7,10 @@ import pybullet as p
 import pytest
 
 from envs.maps.highway import HighwayMapConfig, generate_highway
-from envs.maps.road_map import Marking
 from envs.render.bev import BirdEyeView, BoxAgent
 from envs.sim import textures
 from envs.sim.camera import CameraConfig, EgoCamera
-from envs.sim.scene import Scene, SceneConfig, build_atlas, build_geometry
+from envs.sim.scene import Scene, SceneConfig, SemanticClass, build_atlas, build_geometry
 
 
 @pytest.fixture(scope="module")
@@ -19,15 +18,19 @@ def highway() -> tuple:
     return generate_highway(HighwayMapConfig(), 2)
 
 
-def test_lane_texture_markings() -> None:
-    rng = np.random.default_rng(0)
-    solid = textures.lane_texture(rng, 3.75, Marking.SOLID, Marking.NONE)
-    dashed = textures.lane_texture(rng, 3.75, Marking.DASHED, Marking.NONE)
-    assert solid[:, 0].min() > 200  # painted along the whole left edge
-    col = dashed[:, 0].mean(axis=1)
-    painted = (col > 200).mean()
-    assert abs(painted - textures.DASH_LENGTH_M / textures.DASH_PERIOD_M) < 0.05
-    assert solid[:, solid.shape[1] // 2].mean() < 140  # asphalt in the middle
+def test_markings_are_their_own_geometry(highway: tuple) -> None:
+    road, _ = highway
+    geo = build_geometry(road, SceneConfig(), np.random.default_rng(0))
+    paint = [c for c in geo.cells if c.cls == SemanticClass.LANE_MARKING]
+    assert paint
+    # Dashes: each quad is one dash, LINE_WIDTH wide and DASH_LENGTH long (or a solid piece).
+    v = paint[0].vertices.reshape(-1, 4, 3)
+    widths = np.linalg.norm(v[:, 1] - v[:, 0], axis=1)
+    lengths = np.linalg.norm(v[:, 3] - v[:, 0], axis=1)
+    assert np.allclose(widths, textures.LINE_WIDTH_M, atol=0.02)
+    assert np.any(np.isclose(lengths, textures.DASH_LENGTH_M, atol=0.05))
+    assert {c.cls for c in geo.cells} >= {SemanticClass.ROAD, SemanticClass.LANE_MARKING,
+                                          SemanticClass.STATIC, SemanticClass.OTHER}
 
 
 def test_geometry_is_deterministic_and_complete(highway: tuple) -> None:
@@ -83,11 +86,11 @@ def test_camera_sees_road_ahead(highway: tuple) -> None:
         yaw = float(lane.heading_at(500.0))
         scene.update_visibility(float(x), float(y), yaw)
         cam = EgoCamera(c, CameraConfig(width=64, height=48))
-        img = cam.render(float(x), float(y), 0.0, yaw)
+        img = cam.render(float(x), float(y), 0.0, yaw).rgb
         assert img.shape == (48, 64, 3) and img.dtype == np.uint8
         bottom = img[-10:].astype(float)
         assert abs(bottom[..., 0].mean() - bottom[..., 2].mean()) < 20  # grey asphalt
-        assert np.array_equal(img, cam.render(float(x), float(y), 0.0, yaw))
+        assert np.array_equal(img, cam.render(float(x), float(y), 0.0, yaw).rgb)
     finally:
         p.disconnect(c)
 
