@@ -46,7 +46,9 @@ class TrafficConfig:
 
     Attributes:
         num_vehicles: Vehicles kept around the ego (0 disables traffic).
-        window_ahead_m / window_behind_m: Region around the ego station where vehicles live [m].
+        window_ahead_m / window_behind_m: Region around the ego station where vehicles live
+            on corridor maps (highways) [m].
+        spawn_radius_m: Radius around the ego where vehicles live on network maps (urban) [m].
         opposite_fraction: Share of vehicles on the opposite carriageway.
         ramp_fraction: Share of spawns placed on the on-ramp when it is in the window.
         speed_factor: Range of desired speed as a fraction of the speed limit.
@@ -72,6 +74,7 @@ class TrafficConfig:
     truck_fraction: float = 0.1
     aggressive_fraction: float = 0.0
     distracted_fraction: float = 0.0
+    spawn_radius_m: float = 150.0
     decision_interval_s: float = 1.0
     lane_change_duration_s: float = 3.0
     min_spawn_gap_m: float = 12.0
@@ -104,14 +107,23 @@ class EgoSlot:
 class TrafficManager:
     """Kinematic IDM/MOBIL traffic around the ego on one map.
 
+    Vehicles live in a window around the ego: on ``"corridor"`` maps (the highway) a range
+    of stations of the road ``main``; on ``"network"`` maps (urban grids) a radius. At the
+    end of a lane each vehicle takes a successor drawn from the episode generator.
+
     Args:
         client: pybullet client id.
         road_map: Map the vehicles drive on.
         cfg: Traffic parameters.
         dt: Control period [s].
+        layout: ``"corridor"`` or ``"network"``.
     """
 
-    def __init__(self, client: int, road_map: RoadMap, cfg: TrafficConfig, dt: float) -> None:
+    def __init__(self, client: int, road_map: RoadMap, cfg: TrafficConfig, dt: float,
+                 layout: str = "corridor") -> None:
+        if layout not in ("corridor", "network"):
+            raise ValueError(f"unknown traffic layout {layout!r}; valid: corridor, network")
+        self.layout = layout
         self.client = client
         self.map = road_map
         self.cfg = cfg
@@ -129,8 +141,14 @@ class TrafficManager:
         self.forward = [i for i, ln in enumerate(lanes) if ln.id.startswith("main/f")]
         self.backward = [i for i, ln in enumerate(lanes) if ln.id.startswith("main/b")]
         self.ramp = [i for i, ln in enumerate(lanes) if ln.kind == "ramp"]
+        self.roads = [i for i, ln in enumerate(lanes) if ln.kind != "connector"
+                      and ln.length > 30.0]
+        self.lane_mid = np.array([ln.position(ln.length / 2.0) for ln in lanes])
+        self.lane_radius = np.array([ln.length / 2.0 for ln in lanes])
+        self.block_s = np.where(self.lane_ends, self.lane_length, np.inf)
         self.active = np.zeros(n, dtype=bool)
         self.lane = np.zeros(n, dtype=np.int64)
+        self.next_lane = np.full(n, -1, dtype=np.int64)
         self.s = np.zeros(n)
         self.d = np.zeros(n)
         self.d_rate = np.zeros(n)
@@ -201,10 +219,9 @@ class TrafficManager:
         self._create_bodies(rng)
         self.active[:] = False
         self.ego = EgoSlot(ego_lane, ego_s, 0.0)
-        ego_station = float(self.map.lanes[ego_lane].station_at(ego_s))
         for i in range(cfg.num_vehicles):
             self._draw_driver(i)
-            self._spawn(i, ego_station, region="any")
+            self._spawn(i, "any")
         self.timer[:] = rng.uniform(0.0, cfg.decision_interval_s, cfg.num_vehicles)
         self._update_poses()
 
@@ -225,35 +242,81 @@ class TrafficManager:
             self.comfort_decel[i] = cfg.idm.comfort_decel_mps2 * 2.0
             self.can_change[i] = False
 
-    def _spawn(self, i: int, ego_station: float, region: str) -> None:
+    def _ego_anchor(self) -> tuple[float, float, float]:
+        """The ego's station on its road (corridor maps) and its position."""
+        if self.ego.lane < 0:
+            return float("nan"), float("nan"), float("nan")
+        lane = self.map.lanes[self.ego.lane]
+        x, y = lane.position(self.ego.s)
+        return float(lane.station_at(self.ego.s)), float(x), float(y)
+
+    def _spawn(self, i: int, region: str) -> None:
         """Place vehicle ``i`` in a free slot; ``region`` is "any", "ahead" or "behind"."""
-        cfg, rng = self.cfg, self.rng
         for _ in range(8):
-            opposite = rng.random() < cfg.opposite_fraction
-            lanes = self.backward if opposite else self.forward
-            if region == "any":
-                station = ego_station + rng.uniform(-cfg.window_behind_m, cfg.window_ahead_m)
-            else:
-                edge = (region == "ahead") != opposite  # opposite traffic comes from ahead
-                station = (ego_station + cfg.window_ahead_m - rng.uniform(0, 30) if edge
-                           else ego_station - cfg.window_behind_m + rng.uniform(0, 20))
-            lane = int(rng.choice(lanes))
-            if self.ramp and not opposite and rng.random() < cfg.ramp_fraction:
-                lane = int(rng.choice(self.ramp))
-                lo, hi = self.station_range[lane]
-                station = float(rng.uniform(lo, hi - 30.0))
-            lo, hi = self.station_range[lane]
-            if not lo + 5.0 <= station <= hi - 40.0:
+            slot = (self._corridor_slot(region) if self.layout == "corridor"
+                    else self._network_slot(region))
+            if slot is None:
                 continue
-            s = float(self.map.lanes[lane].s_at_station(station))
+            lane, s = slot
             if not self._slot_free(lane, s, self.length[i]):
                 continue
             self.lane[i], self.s[i], self.d[i], self.d_rate[i] = lane, s, 0.0, 0.0
-            self.v[i] = self.speed_factor[i] * self.speed_limit[lane] * rng.uniform(0.8, 1.0)
+            self.next_lane[i] = self._choose_next(lane)
+            self.v[i] = (self.speed_factor[i] * self.speed_limit[lane]
+                         * self.rng.uniform(0.8, 1.0))
             self.accel[i] = 0.0
             self.active[i] = True
             return
         self.active[i] = False
+
+    def _corridor_slot(self, region: str) -> tuple[int, float] | None:
+        cfg, rng = self.cfg, self.rng
+        ego_station, _, _ = self._ego_anchor()
+        opposite = rng.random() < cfg.opposite_fraction
+        lanes = self.backward if opposite else self.forward
+        if region == "any":
+            station = ego_station + rng.uniform(-cfg.window_behind_m, cfg.window_ahead_m)
+        else:
+            edge = (region == "ahead") != opposite  # opposite traffic comes from ahead
+            station = (ego_station + cfg.window_ahead_m - rng.uniform(0, 30) if edge
+                       else ego_station - cfg.window_behind_m + rng.uniform(0, 20))
+        lane = int(rng.choice(lanes))
+        if self.ramp and not opposite and rng.random() < cfg.ramp_fraction:
+            lane = int(rng.choice(self.ramp))
+            lo, hi = self.station_range[lane]
+            station = float(rng.uniform(lo, hi - 30.0))
+        lo, hi = self.station_range[lane]
+        if not lo + 5.0 <= station <= hi - 40.0:
+            return None
+        return lane, float(self.map.lanes[lane].s_at_station(station))
+
+    def _network_slot(self, region: str) -> tuple[int, float] | None:
+        """A random point on a road lane within the spawn radius (its outer part when
+        respawning), away from the ego."""
+        rng = self.rng
+        _, ex, ey = self._ego_anchor()
+        radius = self.cfg.spawn_radius_m
+        mid = self.lane_mid[self.roads]
+        dist = np.hypot(mid[:, 0] - ex, mid[:, 1] - ey)
+        reach = self.lane_radius[self.roads]
+        ok = dist - reach < radius
+        if not ok.any():
+            return None
+        lane = int(rng.choice(np.asarray(self.roads)[ok]))
+        s = float(rng.uniform(5.0, max(self.lane_length[lane] - 15.0, 6.0)))
+        x, y = self.map.lanes[lane].position(s)
+        d = float(np.hypot(x - ex, y - ey))
+        lo = 0.6 * radius if region != "any" else 20.0
+        if not lo <= d <= radius:
+            return None
+        return lane, s
+
+    def _choose_next(self, lane: int) -> int:
+        """Draw the lane a vehicle takes after ``lane`` (-1 when the lane leads nowhere)."""
+        succ = self.map.lanes[lane].successors
+        if not succ:
+            return -1
+        return self.map.lane_index[succ[int(self.rng.integers(len(succ)))]]
 
     def _slot_free(self, lane: int, s: float, length: float) -> bool:
         others = self.active & (self.lane == lane)
@@ -261,12 +324,10 @@ class TrafficManager:
         if np.any(np.abs(self.s[others] - s) < gap):
             return False
         if self.ego.lane >= 0:
-            ego_lane = self.map.lanes[self.ego.lane]
-            here = self.map.lanes[lane]
-            if ego_lane.road == here.road:
-                ego_station = float(ego_lane.station_at(self.ego.s))
-                if abs(float(here.station_at(s)) - ego_station) < gap + 10.0:
-                    return False
+            _, ex, ey = self._ego_anchor()
+            x, y = self.map.lanes[lane].position(s)
+            if np.hypot(x - ex, y - ey) < gap + 10.0:
+                return False
         return True
 
     # ------------------------------------------------------------------ dynamics
@@ -277,17 +338,19 @@ class TrafficManager:
                 np.append(self.v, self.ego.speed), np.append(self.length, self.ego.length))
 
     def _leaders(self, lane: IntArray, s: FloatArray, q_lane: IntArray, q_s: FloatArray,
-                 q_len: FloatArray, exclude: IntArray) -> tuple[FloatArray, FloatArray, IntArray]:
+                 q_len: FloatArray, exclude: IntArray, q_next: IntArray | None = None,
+                 ) -> tuple[FloatArray, FloatArray, IntArray]:
         """Gap [m], leader speed [m/s] and leader index for query points on ``q_lane``.
 
-        Looks at the query lane and its first successor; lanes that end (merge lanes)
-        act as a stopped leader at their end.
+        Looks at the query lane and the next lane (``q_next``, default the first
+        successor). Stop points in ``self.block_s`` (ends of merge lanes, red lights,
+        pedestrians on crossings) act as stopped leaders.
         """
         a_lane, a_s, a_v, a_len = lane, s, self._all_v, self._all_len
         same = a_lane[None, :] == q_lane[:, None]
         ahead = same & (a_s[None, :] > q_s[:, None])
         gap = np.where(ahead, a_s[None, :] - q_s[:, None], np.inf)
-        succ = self.successor[np.maximum(q_lane, 0)]
+        succ = self.successor[np.maximum(q_lane, 0)] if q_next is None else q_next
         rest = self.lane_length[np.maximum(q_lane, 0)] - q_s
         on_succ = (a_lane[None, :] == succ[:, None]) & (succ[:, None] >= 0)
         gap = np.where(on_succ, rest[:, None] + a_s[None, :], gap)
@@ -298,12 +361,15 @@ class TrafficManager:
         bumper = best - (q_len + a_len[idx]) / 2.0
         out_gap = np.where(found, bumper, FREE_ROAD_GAP_M)
         out_v = np.where(found, a_v[idx], 0.0)
-        ends = self.lane_ends[np.maximum(q_lane, 0)]
-        end_gap = rest - q_len / 2.0
-        use_end = ends & (end_gap < out_gap)
-        out_gap = np.where(use_end, end_gap, out_gap)
-        out_v = np.where(use_end, 0.0, out_v)
-        return out_gap, out_v, np.where(found & ~use_end, idx, -1)
+        block = self.block_s[np.maximum(q_lane, 0)]
+        stop = np.where(block > q_s - 0.5, block - q_s, np.inf)
+        nxt_block = np.where(succ >= 0, self.block_s[np.maximum(succ, 0)], np.inf)
+        stop = np.minimum(stop, rest + nxt_block)
+        stop_gap = stop - q_len / 2.0
+        use_stop = stop_gap < out_gap
+        out_gap = np.where(use_stop, np.maximum(stop_gap, 0.1), out_gap)
+        out_v = np.where(use_stop, 0.0, out_v)
+        return out_gap, out_v, np.where(found & ~use_stop, idx, -1)
 
     def _followers(self, lane: IntArray, s: FloatArray, q_lane: IntArray, q_s: FloatArray,
                    exclude: IntArray) -> IntArray:
@@ -323,19 +389,24 @@ class TrafficManager:
                                 self.comfort_decel[idx], self.headway[idx],
                                 self.cfg.idm.min_gap_m, self.cfg.idm.delta)
 
-    def step(self, ego: EgoSlot) -> None:
+    def step(self, ego: EgoSlot, stops: FloatArray | None = None) -> None:
         """Advance all vehicles by one control period.
 
         Args:
             ego: Where the ego is now (traffic treats it as an ordinary vehicle).
+            stops: Per lane index, the arc length where vehicles must stop this step
+                (red lights, pedestrians; inf where free).
         """
         self.ego = ego
         n = self.cfg.num_vehicles
         if n == 0:
             return
+        base = np.where(self.lane_ends, self.lane_length, np.inf)
+        self.block_s = base if stops is None else np.minimum(base, stops)
         lane, s, self._all_v, self._all_len = self._agents()
         idx = np.arange(n)
-        gap, lead_v, _ = self._leaders(lane, s, self.lane, self.s, self.length, idx)
+        gap, lead_v, _ = self._leaders(lane, s, self.lane, self.s, self.length, idx,
+                                       self.next_lane)
         acc = self._idm(idx, gap, lead_v, self.v)
         self._lane_changes(lane, s, acc, gap, lead_v)
         acc = np.where(self.active, acc, 0.0)
@@ -424,6 +495,7 @@ class TrafficManager:
         side = -1.0 if target == self.left[cur] else 1.0
         d = self.d[i] + side * 0.5 * float(widths[0] + widths[1])
         self.lane[i], self.s[i], self.d[i] = target, t_s, d
+        self.next_lane[i] = self._choose_next(target)
         self.d_rate[i] = -np.sign(d) * float(widths[1]) / self.cfg.lane_change_duration_s
 
     def _move_lateral(self) -> None:
@@ -435,26 +507,33 @@ class TrafficManager:
     def _advance_lanes(self, ego: EgoSlot) -> None:
         over = self.active & (self.s > self.lane_length[self.lane])
         for i in np.flatnonzero(over):
-            nxt = self.successor[self.lane[i]]
+            nxt = int(self.next_lane[i])
             if nxt >= 0:
                 self.s[i] -= self.lane_length[self.lane[i]]
                 self.lane[i] = nxt
+                self.next_lane[i] = self._choose_next(nxt)
             else:
                 self.active[i] = False
         if ego.lane < 0:
             return
-        ego_station = float(self.map.lanes[ego.lane].station_at(ego.s))
-        rel = self.stations() - ego_station
+        ego_station, ex, ey = self._ego_anchor()
+        if self.layout == "corridor":
+            rel = self.stations() - ego_station
+            behind = rel < -self.cfg.window_behind_m - 10.0
+            ahead = rel > self.cfg.window_ahead_m + 10.0
+        else:
+            far = np.hypot(self.x - ex, self.y - ey) > self.cfg.spawn_radius_m + 10.0
+            behind, ahead = far & self.active, np.zeros_like(far)
         for k in range(self.cfg.num_vehicles):
             if not self.active[k]:
                 self._draw_driver(k)
-                self._spawn(k, ego_station, "ahead" if self.rng.random() < 0.5 else "behind")
-            elif rel[k] > self.cfg.window_ahead_m + 10.0:
+                self._spawn(k, "ahead" if self.rng.random() < 0.5 else "behind")
+            elif ahead[k]:
                 self._draw_driver(k)
-                self._spawn(k, ego_station, "behind")
-            elif rel[k] < -self.cfg.window_behind_m - 10.0:
+                self._spawn(k, "behind")
+            elif behind[k]:
                 self._draw_driver(k)
-                self._spawn(k, ego_station, "ahead")
+                self._spawn(k, "ahead")
 
     def stations(self) -> FloatArray:
         """Road station of every vehicle (NaN when inactive) [m]."""
