@@ -79,6 +79,32 @@ class RewardConfig:
 
 
 @dataclass(frozen=True)
+class VisualConfig:
+    """Visual conditions, drawn per episode from the reset seed when ``randomize``.
+
+    Attributes:
+        randomize: Draw lighting, sky and textures from the seed (else fixed defaults).
+        time_of_day: ``day``, ``dusk`` or ``night`` (darker ambient light and sky).
+        texture_variants: Number of texture atlases the seed chooses from.
+        light_elevation_rad / light_azimuth_rad: Ranges of the light direction [rad].
+        ambient / diffuse: Ranges of the renderer's lighting coefficients.
+    """
+
+    randomize: bool = True
+    time_of_day: Literal["day", "dusk", "night"] = "day"
+    texture_variants: int = 8
+    light_elevation_rad: tuple[float, float] = (0.35, 1.3)
+    light_azimuth_rad: tuple[float, float] = (0.0, 6.2832)
+    ambient: tuple[float, float] = (0.55, 0.75)
+    diffuse: tuple[float, float] = (0.35, 0.55)
+
+    def __post_init__(self) -> None:
+        require(1 <= self.texture_variants <= 64, "visual.texture_variants must be in [1, 64]")
+        require(self.ambient[0] <= self.ambient[1] and self.diffuse[0] <= self.diffuse[1],
+                "visual.ambient and visual.diffuse must be increasing ranges")
+
+
+@dataclass(frozen=True)
 class ActionConfig:
     """Action interface. ``control``: ``[steer, accel]`` in [-1, 1] (out-of-range values
     are clipped; NaN or inf raise ``ValueError``)."""
@@ -97,6 +123,7 @@ class EnvConfig:
         traffic: Traffic density and behaviour.
         camera: Ego camera.
         sensors: Which observations are returned.
+        visual: Lighting, textures and image corruptions.
         reward: Reward weights.
         action: Action interface.
         control_hz: Control (env step) rate [Hz].
@@ -119,6 +146,7 @@ class EnvConfig:
     traffic: TrafficConfig = field(default_factory=TrafficConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     sensors: SensorsConfig = field(default_factory=SensorsConfig)
+    visual: VisualConfig = field(default_factory=VisualConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     action: ActionConfig = field(default_factory=ActionConfig)
     control_hz: float = 10.0

@@ -37,8 +37,9 @@ from envs.maps.road_map import LanePoint, Marking, RoadMap
 from envs.maps.route import Route
 from envs.render.bev import BirdEyeView, BoxAgent
 from envs.sim.camera import CameraFrame, EgoCamera
+from envs.sim.conditions import draw_conditions
 from envs.sim.lidar import EGO_COLLISION_GROUP, Lidar
-from envs.sim.scene import Scene, SceneGeometry, SemanticClass, build_geometry
+from envs.sim.scene import Scene, SceneGeometry, SemanticClass, build_atlas, build_geometry
 from envs.sim.vehicle import EgoVehicle, VehicleState
 from envs.traffic.manager import EgoSlot, TrafficManager
 
@@ -106,6 +107,7 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
             obs["state"] = spaces.Box(-1.0e4, 1.0e4, (n,), np.float32)
         self.observation_space = spaces.Dict(obs)  # type: ignore[assignment]
         self._maps: OrderedDict[int, Any] = OrderedDict()
+        self._atlases: dict[int, NDArray[np.uint8]] = {}
         self.road_map: RoadMap | None = None
         self.route: Route | None = None
         self._bev: BirdEyeView | None = None
@@ -133,6 +135,13 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
                 self._maps.popitem(last=False)
         self._maps.move_to_end(map_seed)
         return self._maps[map_seed]
+
+    def _atlas(self, variant: int) -> NDArray[np.uint8]:
+        """Texture atlas number ``variant`` (drawn once per env, then reused)."""
+        if variant not in self._atlases:
+            rng = np.random.default_rng(np.random.SeedSequence([variant, 0x41544C53]))
+            self._atlases[variant] = build_atlas(rng, vary=variant > 0)[0]
+        return self._atlases[variant]
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None,
               ) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
@@ -167,7 +176,12 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
                                     numSolverIterations=cfg.solver_iterations,
                                     enableConeFriction=0, deterministicOverlappingPairs=1,
                                     physicsClientId=c)
-        self.scene = Scene(c, geometry, cfg.scene)
+        vis = cfg.visual
+        visual_rng = np.random.default_rng(np.random.SeedSequence([self.episode_seed, 0x56495355]))
+        self.conditions = draw_conditions(vis.randomize, vis.time_of_day, vis.texture_variants,
+                                          vis.light_elevation_rad, vis.light_azimuth_rad,
+                                          vis.ambient, vis.diffuse, visual_rng)
+        self.scene = Scene(c, geometry, cfg.scene, self._atlas(self.conditions.texture_variant))
         lane_id, s0, self.route = self.sample_start(rng, layout, options)
         lane = self.road_map.lane(lane_id)
         x, y = lane.position(s0)
@@ -178,6 +192,10 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         self.traffic.reset(rng, self.road_map.lane_index[lane_id], s0)
         self.traffic_class = self.traffic.body_class
         self.camera = EgoCamera(c, cfg.camera) if cfg.sensors.renders else None
+        if self.camera is not None:
+            cond = self.conditions
+            self.camera.set_conditions(cond.light_direction, cond.light_color, cond.ambient,
+                                       cond.diffuse, cond.sky_top, cond.sky_horizon, cond.ground)
         self.lidar = Lidar(c, cfg.sensors.lidar_config) if cfg.sensors.lidar else None
         if self.lidar is not None:
             # Its own group (colliding with everything as before) so that rays skip the ego.

@@ -71,22 +71,32 @@ class EgoCamera:
         self.projection = p.computeProjectionMatrixFOV(
             math.degrees(cfg.fov_rad), cfg.width / cfg.height, cfg.near_m, cfg.far_m)
         self.background = self._background()
-        self._kwargs = dict(
+        self._kwargs: dict[str, Any] = dict(
             renderer=p.ER_TINY_RENDERER, flags=p.ER_NO_SEGMENTATION_MASK,
             lightDirection=list(cfg.light_direction), lightColor=list(cfg.light_color),
             lightAmbientCoeff=cfg.ambient, lightDiffuseCoeff=cfg.diffuse,
             lightSpecularCoeff=cfg.specular, shadow=0, physicsClientId=client)
 
-    def _background(self) -> Image:
+    def _background(self, top: tuple[int, int, int] = (110, 160, 220),
+                    horizon: tuple[int, int, int] = (200, 215, 230),
+                    ground: tuple[int, int, int] = (96, 110, 92)) -> Image:
         """Sky above the horizon, distant haze below it (for pixels nothing covers)."""
         cfg = self.cfg
         h = cfg.height
-        sky = textures.sky_gradient(h, cfg.width)
+        sky = textures.sky_gradient(h, cfg.width, top, horizon)
         rows = (np.arange(h) + 0.5) / h
         elevation = np.arctan(np.tan(cfg.fov_rad / 2.0) * (1.0 - 2.0 * rows)) - cfg.pitch_rad
-        ground = elevation < 0.0
-        sky[ground] = (96, 110, 92)
+        sky[elevation < 0.0] = ground
         return sky
+
+    def set_conditions(self, light_direction: tuple[float, float, float],
+                       light_color: tuple[float, float, float], ambient: float, diffuse: float,
+                       sky_top: tuple[int, int, int], sky_horizon: tuple[int, int, int],
+                       ground: tuple[int, int, int]) -> None:
+        """Change lighting and background colours (per episode)."""
+        self._kwargs.update(lightDirection=list(light_direction), lightColor=list(light_color),
+                            lightAmbientCoeff=ambient, lightDiffuseCoeff=diffuse)
+        self.background = self._background(sky_top, sky_horizon, ground)
 
     def pose(self, x: float, y: float, z: float, yaw: float) -> tuple[list[float], list[float]]:
         """Eye and target points of the camera on a car at (x, y, z) with heading ``yaw``."""

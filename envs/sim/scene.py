@@ -61,16 +61,29 @@ class SceneConfig:
         require(self.grass_band_m >= 0.0, "scene.grass_band_m must be >= 0")
 
 
-def build_atlas(rng: np.random.Generator,
+def build_atlas(rng: np.random.Generator, vary: bool = False,
                 ) -> tuple[np.ndarray, dict[str, tuple[float, float, float, float]]]:
-    """Draw the texture atlas; return the RGB image and each tile's (u0, v0, u1, v1)."""
+    """Draw the texture atlas; return the RGB image and each tile's (u0, v0, u1, v1).
+
+    Tile positions never change, so any atlas fits any geometry. With ``vary`` the base
+    colours (asphalt shade, grass hue, facades, paint wear) are drawn from ``rng`` too.
+    """
+    def shade(rgb: tuple[int, int, int], spread: float) -> tuple[int, int, int]:
+        if not vary:
+            return rgb
+        jitter = rng.uniform(-spread / 3, spread / 3, 3) + rng.uniform(-spread, spread)
+        r, g, b = np.clip(np.asarray(rgb) + jitter, 0, 255).astype(int)
+        return int(r), int(g), int(b)
+
     tiles: dict[str, np.ndarray] = {}
-    tiles["asphalt"] = cv_resize(textures.asphalt(rng, _TILE_H, _TILE_W))
-    tiles["grass"] = cv_resize(textures.grass(rng))
+    tiles["asphalt"] = cv_resize(textures.asphalt(rng, _TILE_H, _TILE_W,
+                                                  shade((98, 98, 102), 18)))
+    tiles["grass"] = cv_resize(textures.grass(rng, base=shade((70, 110, 52), 20)))
     tiles["concrete"] = cv_resize(textures.concrete(rng))
-    solid = {"paint": (235, 235, 225), "trunk": (95, 70, 45), "crown": (45, 105, 45),
-             "sign": (30, 90, 170),
-             "pole": (150, 150, 150), "building": (160, 140, 120), "dark": (40, 40, 40)}
+    tiles["building"] = cv_resize(textures.facade(rng, shade((160, 140, 120), 40)))
+    solid = {"paint": shade((235, 235, 225), 12), "trunk": (95, 70, 45),
+             "crown": shade((45, 105, 45), 15), "sign": (30, 90, 170), "pole": (150, 150, 150),
+             "dark": shade((40, 40, 40), 25)}
     for name, rgb in solid.items():
         tile = np.empty((_TILE_H, _TILE_W, 3), np.uint8)
         tile[:] = rgb
@@ -380,15 +393,17 @@ class Scene:
         client: pybullet client id.
         geometry: Prepared meshes (see :func:`build_geometry`).
         cfg: Scene parameters.
+        atlas: A texture atlas from :func:`build_atlas` replacing the geometry's own.
     """
 
-    def __init__(self, client: int, geometry: SceneGeometry, cfg: SceneConfig) -> None:
+    def __init__(self, client: int, geometry: SceneGeometry, cfg: SceneConfig,
+                 atlas: np.ndarray | None = None) -> None:
         self.client = client
         self.geometry = geometry
         self.cfg = cfg
         self.body_class: dict[int, SemanticClass] = {}
-        self.texture_id = p.loadTexture(textures.texture_file(geometry.atlas),
-                                        physicsClientId=client)
+        image = geometry.atlas if atlas is None else atlas
+        self.texture_id = p.loadTexture(textures.texture_file(image), physicsClientId=client)
         plane = p.createCollisionShape(p.GEOM_PLANE, physicsClientId=client)
         self.ground_id = p.createMultiBody(0, plane, -1, useMaximalCoordinates=True,
                                            physicsClientId=client)

@@ -48,10 +48,11 @@ def asphalt(rng: np.random.Generator, h: int, w: int, base: tuple[int, int, int]
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def grass(rng: np.random.Generator, size: int = 64) -> Image:
+def grass(rng: np.random.Generator, size: int = 64,
+          base: tuple[int, int, int] = (70, 110, 52)) -> Image:
     """Grass verge: green with darker patches."""
     img = np.empty((size, size, 3), np.float32)
-    img[:] = (70, 110, 52)
+    img[:] = base
     img += (_noise(rng, size, size, 4) * 10.0)[:, :, None] * np.array([0.6, 1.0, 0.5])
     img += rng.standard_normal((size, size, 1)).astype(np.float32) * 6.0
     return np.clip(img, 0, 255).astype(np.uint8)
@@ -63,6 +64,19 @@ def concrete(rng: np.random.Generator, size: int = 32) -> Image:
     img[:] = (170, 168, 160)
     img += (_noise(rng, size, size, 2) * 8.0)[:, :, None]
     img[:, :1] -= 40
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def facade(rng: np.random.Generator, base: tuple[int, int, int], h: int = 96, w: int = 64,
+           ) -> Image:
+    """Building facade: a wall colour with rows of dark windows."""
+    img = np.empty((h, w, 3), np.float32)
+    img[:] = base
+    img += (_noise(rng, h, w, 3) * 6.0)[:, :, None]
+    glass = np.array([60, 70, 85], np.float32) + rng.uniform(-10, 10)
+    for top in range(6, h - 8, 16):
+        for left in range(5, w - 8, 14):
+            img[top : top + 9, left : left + 8] = glass + rng.uniform(-8, 8)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
