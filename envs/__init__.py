@@ -15,11 +15,13 @@ from gymnasium.envs.registration import register, registry
 if TYPE_CHECKING:
     from envs.driving_env import DrivingEnv
 
-ENV_IDS = ("bulletdrive/Highway-v0",)
+ENV_IDS = ("bulletdrive/Highway-v0", "bulletdrive/Urban-v0")
+_ENTRY_POINTS = {"bulletdrive/Highway-v0": "envs.highway_env:HighwayEnv",
+                 "bulletdrive/Urban-v0": "envs.urban_env:UrbanEnv"}
 
-if "bulletdrive/Highway-v0" not in registry:
-    register(id="bulletdrive/Highway-v0", entry_point="envs.highway_env:HighwayEnv",
-             disable_env_checker=False)
+for _env_id, _entry in _ENTRY_POINTS.items():
+    if _env_id not in registry:
+        register(id=_env_id, entry_point=_entry)
 
 
 def make(env_id: str, **kwargs: object) -> DrivingEnv:

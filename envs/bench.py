@@ -19,6 +19,7 @@ import pybullet as p
 from envs.driving_env import DrivingEnv
 from envs.highway_env import HighwayEnv
 from envs.traffic.idm import FREE_ROAD_GAP_M, idm_acceleration
+from envs.urban_env import UrbanEnv
 
 
 def lane_keeping_action(env: DrivingEnv, target_speed_factor: float = 0.9) -> np.ndarray:
@@ -78,15 +79,15 @@ def _time_call(fn: Callable[[], Any], repeats: int) -> float:
     return 1e3 * (time.perf_counter() - t0) / repeats
 
 
-def bench_env(overrides: Sequence[str] = (), steps: int = 1000, seed: int = 0
-              ) -> dict[str, Any]:
-    """Measure a Highway-v0 env with ``overrides`` applied (default: camera, 20 vehicles).
+def bench_env(overrides: Sequence[str] = (), steps: int = 1000, seed: int = 0,
+              env_cls: type[DrivingEnv] = HighwayEnv) -> dict[str, Any]:
+    """Measure an env with ``overrides`` applied (default: camera, 20 vehicles).
 
     Returns:
         Steps per second, ms per step/reset, and ms per rendered frame, physics substep
         and traffic update.
     """
-    env = HighwayEnv(overrides=list(overrides))
+    env = env_cls(overrides=list(overrides))
     try:
         out: dict[str, Any] = _time_steps(env, steps, seed)
         env.reset(seed=seed)
@@ -103,6 +104,8 @@ def bench_env(overrides: Sequence[str] = (), steps: int = 1000, seed: int = 0
             out["ms_per_frame"] = _time_call(lambda: cam.render(st.x, st.y, st.z, st.yaw), 300)
         out["substeps_per_step"] = env.config.substeps
         out["traffic_vehicles"] = env.config.traffic.num_vehicles
+        if env.pedestrians is not None:
+            out["pedestrians"] = env.pedestrians.n
         out["camera"] = (f"{env.config.camera.width}x{env.config.camera.height}"
                          if env.camera is not None else "off")
     finally:
@@ -151,6 +154,8 @@ def run_bench(steps: int = 1000, compare: Sequence[str] = ()) -> dict[str, Any]:
     results: dict[str, Any] = {
         "highway_camera": bench_env((), steps),
         "highway_no_camera": bench_env(("sensors.camera=false",), steps),
+        "urban_camera": bench_env(("traffic.num_vehicles=20", "pedestrians.num_pedestrians=10"),
+                                  steps, env_cls=UrbanEnv),
     }
     if "highway-env" in compare:
         he = bench_highway_env(max(steps // 3, 100))

@@ -10,15 +10,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from common.config import load_config, require
 from envs.maps.highway import HighwayMapConfig
+from envs.maps.urban import UrbanMapConfig
 from envs.sim.camera import CameraConfig
+from envs.sim.corruptions import CorruptionConfig
 from envs.sim.lidar import LidarConfig
 from envs.sim.scene import SceneConfig
 from envs.sim.vehicle import VehicleConfig
 from envs.traffic.manager import TrafficConfig
+from envs.traffic.pedestrians import PedestrianConfig
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,8 @@ class VisualConfig:
         texture_variants: Number of texture atlases the seed chooses from.
         light_elevation_rad / light_azimuth_rad: Ranges of the light direction [rad].
         ambient / diffuse: Ranges of the renderer's lighting coefficients.
+        corruption: Image corruption applied to the RGB camera after rendering (name
+            null = off; severity 1-5), drawn from the episode seed.
     """
 
     randomize: bool = True
@@ -97,6 +102,7 @@ class VisualConfig:
     light_azimuth_rad: tuple[float, float] = (0.0, 6.2832)
     ambient: tuple[float, float] = (0.55, 0.75)
     diffuse: tuple[float, float] = (0.35, 0.55)
+    corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
 
     def __post_init__(self) -> None:
         require(1 <= self.texture_variants <= 64, "visual.texture_variants must be in [1, 64]")
@@ -114,10 +120,9 @@ class ActionConfig:
 
 @dataclass(frozen=True)
 class EnvConfig:
-    """Everything that is fixed when a driving env is constructed.
+    """Everything that is fixed when a driving env is constructed (any kind of map).
 
     Attributes:
-        map: Procedural map generator.
         scene: pybullet scene building and culling.
         vehicle: Ego vehicle dynamics.
         traffic: Traffic density and behaviour.
@@ -133,14 +138,11 @@ class EnvConfig:
         num_maps: Distinct maps: the map seed is ``map_seed_offset + seed % num_maps``
             (0: every episode seed gives its own map).
         map_seed_offset: Offset added to map seeds (to hold out maps for testing).
-        ramp_start_prob: Probability that the ego starts on the on-ramp.
         initial_speed_factor: Ego start speed as a fraction of the speed limit.
-        route_end_margin_m: The route ends this far before the end of the road [m].
         terminate_on_collision: End the episode on any collision.
         terminate_on_off_road: End the episode when the ego leaves the road.
     """
 
-    map: HighwayMapConfig = field(default_factory=HighwayMapConfig)
     scene: SceneConfig = field(default_factory=SceneConfig)
     vehicle: VehicleConfig = field(default_factory=VehicleConfig)
     traffic: TrafficConfig = field(default_factory=TrafficConfig)
@@ -155,9 +157,7 @@ class EnvConfig:
     max_steps: int = 600
     num_maps: int = 0
     map_seed_offset: int = 0
-    ramp_start_prob: float = 0.2
     initial_speed_factor: float = 0.7
-    route_end_margin_m: float = 60.0
     terminate_on_collision: bool = True
     terminate_on_off_road: bool = True
 
@@ -171,7 +171,6 @@ class EnvConfig:
         require(self.max_steps >= 1, "max_steps must be >= 1")
         require(1 <= self.solver_iterations <= 200, "solver_iterations must be in [1, 200]")
         require(self.num_maps >= 0, "num_maps must be >= 0")
-        require(0.0 <= self.ramp_start_prob <= 1.0, "ramp_start_prob must be in [0, 1]")
         require(0.0 <= self.initial_speed_factor <= 1.5, "initial_speed_factor must be in "
                 "[0, 1.5]")
 
@@ -181,14 +180,59 @@ class EnvConfig:
         return int(round(self.physics_hz / self.control_hz))
 
 
+@dataclass(frozen=True)
+class HighwayEnvConfig(EnvConfig):
+    """``Highway-v0``: the common settings plus the highway generator and start choice.
+
+    Attributes:
+        map: Procedural highway generator.
+        ramp_start_prob: Probability that the ego starts on the on-ramp.
+        route_end_margin_m: The route ends this far before the end of the road [m].
+    """
+
+    map: HighwayMapConfig = field(default_factory=HighwayMapConfig)
+    ramp_start_prob: float = 0.2
+    route_end_margin_m: float = 60.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(0.0 <= self.ramp_start_prob <= 1.0, "ramp_start_prob must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class UrbanEnvConfig(EnvConfig):
+    """``Urban-v0``: the common settings plus the urban grid, pedestrians and routes.
+
+    Attributes:
+        map: Procedural urban grid generator.
+        pedestrians: Pedestrians at crossings.
+        min_junctions: Junctions a route passes through at least.
+        signal_time_offset_s: Range of the signal clock at the start of an episode [s].
+    """
+
+    map: UrbanMapConfig = field(default_factory=UrbanMapConfig)
+    pedestrians: PedestrianConfig = field(default_factory=PedestrianConfig)
+    min_junctions: int = 3
+    signal_time_offset_s: tuple[float, float] = (0.0, 60.0)
+    initial_speed_factor: float = 0.3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(1 <= self.min_junctions <= 20, "min_junctions must be in [1, 20]")
+
+
+C = TypeVar("C", bound=EnvConfig)
+
+
 def load_env_config(source: str | Path | Mapping[str, Any] | EnvConfig | None = None,
-                    overrides: Sequence[str] = ()) -> EnvConfig:
-    """Load an :class:`EnvConfig` from a YAML path, a name in ``configs/env/``, a mapping
-    or defaults, applying ``key.sub=value`` overrides."""
+                    overrides: Sequence[str] = (),
+                    cls: type[C] = HighwayEnvConfig) -> C:  # type: ignore[assignment]
+    """Load an env config of type ``cls`` from a YAML path, a name in ``configs/env/``, a
+    mapping or defaults, applying ``key.sub=value`` overrides."""
     if isinstance(source, EnvConfig):
-        if not overrides:
+        if not overrides and isinstance(source, cls):
             return source
         from common.config import to_dict
 
         source = to_dict(source)
-    return load_config(EnvConfig, source, overrides, group="env")
+    return load_config(cls, source, overrides, group="env")

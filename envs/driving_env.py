@@ -38,10 +38,13 @@ from envs.maps.route import Route
 from envs.render.bev import BirdEyeView, BoxAgent
 from envs.sim.camera import CameraFrame, EgoCamera
 from envs.sim.conditions import draw_conditions
+from envs.sim.corruptions import Corruptor
 from envs.sim.lidar import EGO_COLLISION_GROUP, Lidar
 from envs.sim.scene import Scene, SceneGeometry, SemanticClass, build_atlas, build_geometry
 from envs.sim.vehicle import EgoVehicle, VehicleState
 from envs.traffic.manager import EgoSlot, TrafficManager
+from envs.traffic.pedestrians import Pedestrians
+from envs.traffic.signals import GREEN, RED, SignalHeads, SignalStates
 
 MEASUREMENT_KEYS = ("speed_mps", "steer_rad", "cmd_follow_lane", "cmd_left", "cmd_right",
                     "cmd_straight", "cmd_change_left", "cmd_change_right",
@@ -72,13 +75,15 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}  # noqa: RUF012
     default_config: ClassVar[str | None] = None
+    config_class: ClassVar[type[EnvConfig]] = EnvConfig
+    traffic_layout: ClassVar[str] = "corridor"
 
     def __init__(self, config: EnvConfig | str | Path | Mapping[str, Any] | None = None,
                  overrides: Sequence[str] = (), render_mode: str | None = None) -> None:
         super().__init__()
         if config is None:
             config = self.default_config
-        self.config: EnvConfig = load_env_config(config, overrides)
+        self.config: Any = load_env_config(config, overrides, self.config_class)
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"unknown render_mode {render_mode!r}; valid: None, 'rgb_array'")
         self.render_mode = render_mode
@@ -188,10 +193,24 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         yaw = float(lane.heading_at(s0))
         speed = cfg.initial_speed_factor * lane.speed_limit_mps
         self.vehicle = EgoVehicle(c, cfg.vehicle, float(x), float(y), yaw, speed)
-        self.traffic = TrafficManager(c, self.road_map, cfg.traffic, self.dt)
+        self.traffic = TrafficManager(c, self.road_map, cfg.traffic, self.dt, self.traffic_layout)
         self.traffic.reset(rng, self.road_map.lane_index[lane_id], s0)
-        self.traffic_class = self.traffic.body_class
+        self.signals = SignalStates(self.road_map)
+        self.signal_heads = (SignalHeads(c, self.road_map, cfg.scene.view_distance_m)
+                             if self.road_map.signals and cfg.sensors.renders else None)
+        offset = getattr(cfg, "signal_time_offset_s", (0.0, 0.0))
+        self.time_offset_s = float(rng.uniform(*offset)) if offset[1] > offset[0] else 0.0
+        ped_cfg = getattr(cfg, "pedestrians", None)
+        self.pedestrians = (Pedestrians(c, self.road_map, ped_cfg, self.dt)
+                            if ped_cfg is not None else None)
+        if self.pedestrians is not None:
+            self.pedestrians.reset(rng, float(x), float(y))
+        self.traffic_class = {**self.traffic.body_class,
+                              **(self.pedestrians.body_class if self.pedestrians else {})}
         self.camera = EgoCamera(c, cfg.camera) if cfg.sensors.renders else None
+        self.corruptor = Corruptor(cfg.visual.corruption)
+        self.corruption_rng = np.random.default_rng(
+            np.random.SeedSequence([self.episode_seed, 0x434F5252]))
         if self.camera is not None:
             cond = self.conditions
             self.camera.set_conditions(cond.light_direction, cond.light_color, cond.ambient,
@@ -218,6 +237,7 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         self.prev_speed = self.state.speed_mps
         self.accel_mps2 = 0.0
         self.wrong_way_m = 0.0
+        self._overrun: set[int] = set()
         self._frame = None
         self.last_events: list[ev.Event] = []
         self._sync_traffic()
@@ -248,6 +268,7 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
                 contacts[contact[2]] = None
         for contact in p.getContactPoints(bodyA=ego_id, physicsClientId=c):
             contacts[contact[2]] = None
+        self._speed_before = self.state.speed_mps
         self.state = st = self.vehicle.state()
         self.accel_mps2 = (st.speed_mps - self.prev_speed) / self.dt
         self.prev_speed = st.speed_mps
@@ -256,7 +277,20 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         prev_point = self.lane_point
         self.lane_point = self.road_map.locate(np.array([st.x, st.y]), st.yaw)
         self._sync_traffic()
-        self.traffic.step(self._ego_slot())
+        states = self.signals.states(self.sim_time_s)
+        red = np.zeros(len(self.road_map.lanes), dtype=bool)
+        stops = np.full(len(self.road_map.lanes), np.inf)
+        if len(states):
+            lanes = np.flatnonzero(self.signals.lane_signal >= 0)
+            held = states[self.signals.lane_signal[lanes]] != GREEN
+            red[lanes[held]] = True
+            # Traffic stops half a metre before the stop line (the end of the lane).
+            stops[lanes[held]] = self.traffic.lane_length[lanes[held]] - 0.5
+        if self.pedestrians is not None:
+            self.pedestrians.step(red)
+            stops = np.minimum(stops, self.pedestrians.blocked(len(self.road_map.lanes)))
+        self.traffic.step(self._ego_slot(), stops)
+        self._signal_events(prev_point, states, events)
         self._collision_events(contacts, events)
         self._lane_events(prev_point, events)
         progress = self._progress(events)
@@ -297,7 +331,8 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
                     (self.config.vehicle.width_m + float(self.traffic.width[i])) / 2.0)
             elif cls == SemanticClass.PEDESTRIAN:
                 event["class"] = "pedestrian"
-                event["at_fault"] = st.speed_mps > 0.1
+                # At fault unless stopped; the speed before the impact decides.
+                event["at_fault"] = max(abs(st.speed_mps), abs(self._speed_before)) > 0.1
             else:
                 event["class"] = "static"
                 event["at_fault"] = True
@@ -308,6 +343,33 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         if lp is None:
             return False
         return math.cos(self.state.yaw - lp.heading) < 0.0
+
+    @property
+    def sim_time_s(self) -> float:
+        """Simulated time, including the episode's signal-clock offset [s]."""
+        return self.steps * self.dt + self.time_offset_s
+
+    def _signal_events(self, prev: LanePoint | None, states: NDArray[Any],
+                       events: list[ev.Event]) -> None:
+        """``red_light`` when the ego enters a junction on red; ``stop_line`` when it stops
+        with its front past the stop line of a red light."""
+        lp = self.lane_point
+        rm = self.road_map
+        assert rm is not None
+        if lp is None or len(states) == 0:
+            return
+        if prev is not None and prev.lane != lp.lane:
+            k = int(self.signals.lane_signal[rm.lane_index[prev.lane]])
+            if k >= 0 and states[k] == RED and lp.lane in rm.lane(prev.lane).successors:
+                events.append({"type": ev.RED_LIGHT, "signal": rm.signals[k].id})
+        k = int(self.signals.lane_signal[rm.lane_index[lp.lane]])
+        if k >= 0 and states[k] == RED:
+            front = lp.s + self.config.vehicle.length_m / 2.0
+            over = front - rm.lane(lp.lane).length
+            if over > 0.5 and abs(self.state.speed_mps) < 0.3 and k not in self._overrun:
+                self._overrun.add(k)
+                events.append({"type": ev.STOP_LINE, "signal": rm.signals[k].id,
+                               "overrun_m": over})
 
     def _lane_events(self, prev: LanePoint | None, events: list[ev.Event]) -> None:
         lp = self.lane_point
@@ -392,11 +454,14 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         if self.camera is not None:
             if self._frame is None or self.steps % self._camera_period == 0:
                 self.scene.update_visibility(st.x, st.y, st.yaw)
+                if self.signal_heads is not None:
+                    self.signal_heads.update(st.x, st.y, self.signals.states(self.sim_time_s))
                 self._frame = self.camera.render(st.x, st.y, st.z, st.yaw, sensors.depth,
                                                  sensors.semantic)
+                self._corrupted = self.corruptor(self._frame.rgb, self.corruption_rng)
             frame = self._frame
             if sensors.camera:
-                obs["camera"] = frame.rgb
+                obs["camera"] = self._corrupted
             if frame.depth_m is not None:
                 obs["depth"] = frame.depth_m
             if frame.body_ids is not None:
@@ -418,7 +483,8 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
 
     def _semantic(self, body_ids: NDArray[Any]) -> NDArray[np.uint8]:
         """Map per-pixel body ids to semantic class ids through the object registry."""
-        registry = {**self.scene.body_class, **self.traffic_class}
+        registry = {**self.scene.body_class, **self.traffic_class,
+                    **(self.signal_heads.body_class if self.signal_heads else {})}
         lut = np.zeros(max(registry, default=0) + 2, np.uint8)  # last entry: nothing hit
         for body, cls in registry.items():
             lut[body] = cls

@@ -3,7 +3,8 @@
 Every event is a plain dict with a ``type`` key so that it serialises to JSON and
 Parquet unchanged. Types: ``collision`` (with ``class``: vehicle / pedestrian / static,
 ``at_fault`` and ``other``), ``off_road``, ``lane_invasion`` (``marking``),
-``wrong_way`` (``distance_m``), ``route_deviation``, ``timeout``, ``route_completed``.
+``wrong_way`` (``distance_m``), ``route_deviation``, ``red_light`` (``signal``),
+``stop_line`` (``signal``, ``overrun_m``), ``timeout``, ``route_completed``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ WRONG_WAY = "wrong_way"
 ROUTE_DEVIATION = "route_deviation"
 TIMEOUT = "timeout"
 ROUTE_COMPLETED = "route_completed"
+RED_LIGHT = "red_light"
+STOP_LINE = "stop_line"
 
 
 def vehicle_collision_fault(

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from envs.config import EnvConfig, HighwayEnvConfig
 from envs.driving_env import DrivingEnv
 from envs.maps.highway import HighwayLayout, generate_highway
 from envs.maps.road_map import RoadMap, RouteCommand
@@ -21,6 +22,7 @@ class HighwayEnv(DrivingEnv):
     """
 
     default_config: ClassVar[str | None] = "highway"
+    config_class: ClassVar[type[EnvConfig]] = HighwayEnvConfig
 
     def generate_map(self, map_seed: int) -> tuple[RoadMap, HighwayLayout]:
         """Generate the highway for ``map_seed``."""

@@ -91,6 +91,14 @@ class Pedestrians:
             if cw.id not in cache:
                 cache[cw.id] = crossing_lanes(road_map, cw)
             self.crossings.append(cache[cw.id])
+        # The approach lanes whose signals hold traffic back from each crossing: same
+        # junction, same road as the lanes the crossing spans.
+        self.guarding: list[list[int]] = []
+        for cw, lanes in zip(road_map.crosswalks, self.crossings, strict=True):
+            roads = {road_map.lanes[k].road for k, _, _ in lanes}
+            self.guarding.append([road_map.lane_index[sig.lane] for sig in road_map.signals
+                                  if sig.junction == cw.junction
+                                  and road_map.lane(sig.lane).road in roads])
         self.cw_start = np.array([cw.start for cw in road_map.crosswalks]).reshape(-1, 2)
         self.cw_end = np.array([cw.end for cw in road_map.crosswalks]).reshape(-1, 2)
         self.cw_len = np.linalg.norm(self.cw_end - self.cw_start, axis=1)
@@ -149,9 +157,7 @@ class Pedestrians:
         waiting = ~self.walking
         self.wait = np.where(waiting, self.wait - self.dt, self.wait)
         for i in np.flatnonzero(waiting & (self.wait <= 0.0)):
-            lanes = [k for k, _, _ in self.crossings[self.crosswalk[i]]]
-            held = all(red_lanes[k] for k in lanes if self.map.signals and k >= 0
-                       and self._approach(k))
+            held = all(red_lanes[k] for k in self.guarding[self.crosswalk[i]])
             if held or self.rng.random() < self.cfg.jaywalk_prob:
                 self.walking[i] = True
             else:
@@ -166,10 +172,6 @@ class Pedestrians:
             self.direction[i] = -self.direction[i]
             self.wait[i] = self.rng.uniform(*self.cfg.wait_s)
         self._update_poses()
-
-    def _approach(self, lane: int) -> bool:
-        return self.map.lanes[lane].successors != [] and any(
-            self.map.lane(nxt).kind == "connector" for nxt in self.map.lanes[lane].successors)
 
     def blocked(self, num_lanes: int, margin_m: float = 1.0) -> NDArray[Any]:
         """For every lane index, the arc length where traffic must stop (inf: free) [m]."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from common.config import ConfigError
-from envs.config import EnvConfig, load_env_config
+from envs.config import HighwayEnvConfig, load_env_config
 
 
 def test_shipped_yaml_equals_defaults() -> None:
-    assert load_env_config("highway") == EnvConfig()
+    assert load_env_config("highway") == HighwayEnvConfig()
 
 
 def test_overrides_and_validation() -> None:
