@@ -20,3 +20,11 @@ def test_overrides_and_validation() -> None:
         load_env_config(None, ["physics_hz=245"])
     with pytest.raises(ConfigError, match="valid choices: 'control'"):
         load_env_config(None, ["action.mode=teleport"])
+
+
+def test_shipped_urban_yaml_equals_defaults() -> None:
+    from envs.config import UrbanEnvConfig
+
+    assert load_env_config("urban", cls=UrbanEnvConfig) == UrbanEnvConfig()
+    with pytest.raises(ConfigError, match="valid choices: null, 'gaussian_noise'"):
+        load_env_config("urban", ["visual.corruption.name=snow"], cls=UrbanEnvConfig)
