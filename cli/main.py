@@ -58,27 +58,29 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _env_arguments(parser: argparse.ArgumentParser, out: str, steps: int,
+                   steps_help: str) -> None:
+    """The options of commands that build and drive one env."""
+    parser.add_argument("--out", default=out, help="output folder")
+    parser.add_argument("--env", default="bulletdrive/Highway-v0",
+                        help="env id: bulletdrive/Highway-v0 or bulletdrive/Urban-v0")
+    parser.add_argument("--seed", type=int, default=0, help="reset seed")
+    parser.add_argument("--steps", type=int, default=steps, help=steps_help)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="env config override, e.g. traffic.num_vehicles=30")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with all sub-commands."""
     parser = argparse.ArgumentParser(prog="bulletdrive", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="drive one highway episode and write frames and a video")
-    demo.add_argument("--out", default="out/demo", help="output folder")
-    demo.add_argument("--env", default="bulletdrive/Highway-v0", help="env id")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--steps", type=int, default=300, help="step limit")
-    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                      help="env config override, e.g. traffic.num_vehicles=30")
+    _env_arguments(demo, "out/demo", 300, "step limit")
     demo.set_defaults(func=_cmd_demo)
 
     snap = sub.add_parser("snapshot", help="save camera and bird's-eye frames as PNG")
-    snap.add_argument("--out", default="out/snapshot", help="output folder")
-    snap.add_argument("--env", default="bulletdrive/Highway-v0", help="env id")
-    snap.add_argument("--seed", type=int, default=0)
-    snap.add_argument("--steps", type=int, default=30, help="steps to drive before the shot")
-    snap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                      help="env config override")
+    _env_arguments(snap, "out/snapshot", 30, "steps to drive before the shot")
     snap.set_defaults(func=_cmd_snapshot)
 
     bench = sub.add_parser("bench", help="measure env throughput")
