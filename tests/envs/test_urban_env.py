@@ -113,20 +113,36 @@ def test_pedestrians_cross_and_block_lanes() -> None:
         e.close()
 
 
-def test_determinism_urban() -> None:
-    def run() -> tuple[np.ndarray, np.ndarray]:
-        e = UrbanEnv(overrides=FAST)
-        try:
-            obs, _ = e.reset(seed=9)
-            frames, poses = [obs["camera"]], []
-            for _ in range(25):
-                obs, *_ , info = e.step(lane_keeping_action(e))
-                frames.append(obs["camera"])
-                poses.append([info["ego"]["x"], info["ego"]["y"], *e.traffic.x,
-                              *(e.pedestrians.x if e.pedestrians else [])])
-            return np.stack(frames), np.asarray(poses)
-        finally:
-            e.close()
+def _urban_run(prelude: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    e = UrbanEnv(overrides=[*FAST, "sensors.lidar=true"])
+    try:
+        for k in range(prelude):  # other episodes first must not change the result
+            e.reset(seed=50 + k)
+            e.step(lane_keeping_action(e))
+        obs, _ = e.reset(seed=9)
+        frames, poses = [obs["camera"]], []
+        for _ in range(25):
+            obs, *_, info = e.step(lane_keeping_action(e))
+            frames.append(obs["camera"])
+            poses.append([info["ego"]["x"], info["ego"]["y"], *e.traffic.x, *obs["lidar"],
+                          *(e.pedestrians.x if e.pedestrians else [])])
+        return np.stack(frames), np.asarray(poses)
+    finally:
+        e.close()
 
-    a, b = run(), run()
+
+def test_determinism_urban_same_and_fresh_process() -> None:
+    import hashlib
+    import json
+    import subprocess
+    import sys
+
+    a, b = _urban_run(), _urban_run(prelude=1)
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    code = ("import hashlib, json, sys; sys.path.insert(0, 'tests/envs'); "
+            "from test_urban_env import _urban_run; "
+            "print(json.dumps([hashlib.sha256(x.tobytes()).hexdigest() for x in _urban_run()]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    here = [hashlib.sha256(x.tobytes()).hexdigest() for x in a]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == here
