@@ -47,6 +47,8 @@ class SceneConfig:
         grass_band_m: Width of rendered grass beside the road [m].
         barrier_height_m: Height of crash barriers [m].
         barrier_width_m: Width of crash barriers [m].
+        barrier_collides: Whether barriers are colliders (crash barriers) or only drawn
+            (kerbs, whose crossing the env reports as ``off_road``).
     """
 
     cell_m: float = 60.0
@@ -54,6 +56,7 @@ class SceneConfig:
     grass_band_m: float = 12.0
     barrier_height_m: float = 0.8
     barrier_width_m: float = 0.4
+    barrier_collides: bool = True
 
     def __post_init__(self) -> None:
         require(self.cell_m >= 10.0, "scene.cell_m must be >= 10")
@@ -360,7 +363,7 @@ class _GeometryBuilder:
                                    _z(right, h)], axis=1))
             faces.append(np.stack([_z(right, h), _z(right_b, h), _z(left_b, h), _z(left, h)],
                                   axis=1))
-            meshes.quads(np.concatenate(faces), "concrete", collide=True)
+            meshes.quads(np.concatenate(faces), "concrete", collide=self.cfg.barrier_collides)
 
     def _add_objects(self, meshes: _MeshSet) -> None:
         for obj in self.map.objects:
