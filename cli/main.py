@@ -41,9 +41,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_snapshot(args: argparse.Namespace) -> int:
     from envs.snapshot import save_snapshots
+    from planning.expert import Expert
 
     paths = save_snapshots(args.out, env_id=args.env, seed=args.seed, steps=args.steps,
-                           overrides=args.set)
+                           overrides=args.set, policy=Expert().act)
     for path in paths:
         print(path)
     return 0
@@ -51,9 +52,10 @@ def _cmd_snapshot(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from envs.snapshot import drive_episode
+    from planning.expert import Expert
 
     summary = drive_episode(args.out, env_id=args.env, seed=args.seed, max_steps=args.steps,
-                            overrides=args.set)
+                            overrides=args.set, policy=Expert().act)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -75,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bulletdrive", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="drive one highway episode and write frames and a video")
+    demo = sub.add_parser("demo", help="drive one episode with the expert; write a video")
     _env_arguments(demo, "out/demo", 300, "step limit")
     demo.set_defaults(func=_cmd_demo)
 

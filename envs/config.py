@@ -188,11 +188,13 @@ class HighwayEnvConfig(EnvConfig):
         map: Procedural highway generator.
         ramp_start_prob: Probability that the ego starts on the on-ramp.
         route_end_margin_m: The route ends this far before the end of the road [m].
+        max_steps: Step limit (a full route takes about 70 s at 10 Hz).
     """
 
     map: HighwayMapConfig = field(default_factory=HighwayMapConfig)
     ramp_start_prob: float = 0.2
     route_end_margin_m: float = 60.0
+    max_steps: int = 1000
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -208,11 +210,13 @@ class UrbanEnvConfig(EnvConfig):
         pedestrians: Pedestrians at crossings.
         min_junctions: Junctions a route passes through at least.
         signal_time_offset_s: Range of the signal clock at the start of an episode [s].
+        max_steps: Step limit (waiting at red lights takes time).
     """
 
     map: UrbanMapConfig = field(default_factory=UrbanMapConfig)
     pedestrians: PedestrianConfig = field(default_factory=PedestrianConfig)
     min_junctions: int = 3
+    max_steps: int = 1500
     signal_time_offset_s: tuple[float, float] = (0.0, 60.0)
     initial_speed_factor: float = 0.3
 

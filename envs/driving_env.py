@@ -287,7 +287,10 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
             # Traffic stops half a metre before the stop line (the end of the lane).
             stops[lanes[held]] = self.traffic.lane_length[lanes[held]] - 0.5
         if self.pedestrians is not None:
-            self.pedestrians.step(red)
+            t = self.traffic
+            vehicles = np.vstack([[self.state.x, self.state.y],
+                                  np.column_stack([t.x[t.active], t.y[t.active]])])
+            self.pedestrians.step(red, vehicles)
             stops = np.minimum(stops, self.pedestrians.blocked(len(self.road_map.lanes)))
         self.traffic.step(self._ego_slot(), stops)
         self._signal_events(prev_point, states, events)

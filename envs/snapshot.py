@@ -7,7 +7,7 @@ Used by ``bulletdrive snapshot`` and, until the learning pipeline lands,
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,9 @@ import envs
 from common.io import atomic_path
 from envs.bench import lane_keeping_action
 from envs.driving_env import DrivingEnv
+
+#: A privileged policy: env in, ``[steer, accel]`` out.
+Policy = Callable[[DrivingEnv], NDArray[Any]]
 
 
 def write_png(path: Path, rgb: NDArray[np.uint8]) -> Path:
@@ -40,8 +43,10 @@ def _camera_large(env: DrivingEnv, size: int = 336) -> NDArray[np.uint8]:
 
 
 def save_snapshots(out: str | Path, env_id: str = "bulletdrive/Highway-v0", seed: int = 0,
-                   steps: int = 30, overrides: Sequence[str] = ()) -> list[Path]:
-    """Drive ``steps`` steps with the lane keeper, then save the frames as PNG.
+                   steps: int = 30, overrides: Sequence[str] = (),
+                   policy: Policy = lane_keeping_action) -> list[Path]:
+    """Drive ``steps`` steps with ``policy`` (default: the lane keeper), then save the
+    frames as PNG.
 
     Writes ``camera.png`` (the policy's 84x84 view, as is), ``camera_x4.png`` (scaled
     for viewing), ``bev.png`` (bird's-eye view) and ``map.png`` (whole-map overview).
@@ -54,7 +59,7 @@ def save_snapshots(out: str | Path, env_id: str = "bulletdrive/Highway-v0", seed
     try:
         obs, _ = env.reset(seed=seed)
         for _ in range(steps):
-            obs, _, terminated, truncated, _ = env.step(lane_keeping_action(env))
+            obs, _, terminated, truncated, _ = env.step(policy(env))
             if terminated or truncated:
                 break
         paths = []
@@ -71,8 +76,9 @@ def save_snapshots(out: str | Path, env_id: str = "bulletdrive/Highway-v0", seed
 
 
 def drive_episode(out: str | Path, env_id: str = "bulletdrive/Highway-v0", seed: int = 0,
-                  max_steps: int = 300, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Drive one episode with the lane keeper; write ``episode.mp4`` and frames.
+                  max_steps: int = 300, overrides: Sequence[str] = (),
+                  policy: Policy = lane_keeping_action) -> dict[str, Any]:
+    """Drive one episode with ``policy``; write ``episode.mp4`` and frames.
 
     Returns:
         A summary: steps, return, route completion, events seen, wall time.
@@ -95,7 +101,7 @@ def drive_episode(out: str | Path, env_id: str = "bulletdrive/Highway-v0", seed:
                 steps = 0
                 for _ in tqdm(range(max_steps), desc="demo episode", unit="step"):
                     steps += 1
-                    _, reward, terminated, truncated, info = env.step(lane_keeping_action(env))
+                    _, reward, terminated, truncated, info = env.step(policy(env))
                     total += reward
                     for event in info["events"]:
                         events[event["type"]] = events.get(event["type"], 0) + 1

@@ -63,9 +63,12 @@ class Route:
         direction) is measured by its station, so lane changes keep their progress.
         Returns ``None`` when the point is neither on nor beside the route.
         """
+        last = len(self.segments) - 1
         for k, seg in enumerate(self.segments):
-            if seg.lane == lane_id and seg.s_start - 1e-6 <= s <= seg.s_end + 1e-6:
-                return float(self.offsets[k] + s - seg.s_start)
+            # Past the end of the last segment counts as the end (the route is done).
+            end = np.inf if k == last else seg.s_end + 1e-6
+            if seg.lane == lane_id and seg.s_start - 1e-6 <= s <= end:
+                return float(min(self.offsets[k] + s - seg.s_start, self.length))
         here = self.map.lane(lane_id)
         station = float(here.station_at(s))
         here_dir = np.sign(here.station[-1] - here.station[0])
@@ -74,10 +77,11 @@ class Route:
             if ln.road != here.road or np.sign(ln.station[-1] - ln.station[0]) != here_dir:
                 continue
             s_on = float(ln.s_at_station(station))
-            if seg.s_start - 1e-6 <= s_on <= seg.s_end + 1e-6:
+            end = np.inf if k == last else seg.s_end + 1e-6
+            if seg.s_start - 1e-6 <= s_on <= end:
                 lo, hi = sorted((float(ln.station[0]), float(ln.station[-1])))
                 if lo - 1e-6 <= station <= hi + 1e-6:
-                    return float(self.offsets[k] + s_on - seg.s_start)
+                    return float(min(self.offsets[k] + s_on - seg.s_start, self.length))
         return None
 
     def segment_at(self, distance: float) -> int:

@@ -38,13 +38,16 @@ class PedestrianConfig:
         num_pedestrians: Pedestrians placed on crosswalks nearest the ego's start.
         speed_mps: Range of walking speeds [m/s].
         wait_s: Range of waiting times at the kerb before crossing [s].
-        jaywalk_prob: Probability that a crossing starts against the signal.
+        jaywalk_prob: Probability that a crossing starts against the signal (and without
+            looking for vehicles).
+        step_out_clearance_m: Others wait while a vehicle is this close to the crossing [m].
     """
 
     num_pedestrians: int = 10
     speed_mps: tuple[float, float] = (1.0, 1.6)
     wait_s: tuple[float, float] = (1.0, 8.0)
     jaywalk_prob: float = 0.0
+    step_out_clearance_m: float = 12.0
 
     def __post_init__(self) -> None:
         require(0 <= self.num_pedestrians <= 200, "pedestrians.num_pedestrians must be in "
@@ -146,11 +149,13 @@ class Pedestrians:
                                                        physicsClientId=c)))
         self._update_poses()
 
-    def step(self, red_lanes: NDArray[Any]) -> None:
+    def step(self, red_lanes: NDArray[Any], vehicles_xy: NDArray[Any] | None = None) -> None:
         """Advance one control period.
 
         Args:
             red_lanes: Boolean per lane index: the lane's signal is red (vehicles held).
+            vehicles_xy: Positions (M, 2) of vehicles (ego included) [m]; a pedestrian does
+                not step out while one is within ``step_out_clearance_m`` of the crossing.
         """
         if self.n == 0:
             return
@@ -158,7 +163,8 @@ class Pedestrians:
         self.wait = np.where(waiting, self.wait - self.dt, self.wait)
         for i in np.flatnonzero(waiting & (self.wait <= 0.0)):
             held = all(red_lanes[k] for k in self.guarding[self.crosswalk[i]])
-            if held or self.rng.random() < self.cfg.jaywalk_prob:
+            clear = vehicles_xy is None or self._clear(int(self.crosswalk[i]), vehicles_xy)
+            if (held and clear) or self.rng.random() < self.cfg.jaywalk_prob:
                 self.walking[i] = True
             else:
                 self.wait[i] = 1.0  # look again in a second
@@ -172,6 +178,14 @@ class Pedestrians:
             self.direction[i] = -self.direction[i]
             self.wait[i] = self.rng.uniform(*self.cfg.wait_s)
         self._update_poses()
+
+    def _clear(self, k: int, vehicles_xy: NDArray[Any]) -> bool:
+        """No vehicle within the clearance of crosswalk ``k``'s centre line."""
+        a, b = self.cw_start[k], self.cw_end[k]
+        ab = b - a
+        t = np.clip(((vehicles_xy - a) @ ab) / max(float(ab @ ab), 1e-9), 0.0, 1.0)
+        dist = np.linalg.norm(vehicles_xy - (a + t[:, None] * ab), axis=1)
+        return bool(np.all(dist > self.cfg.step_out_clearance_m))
 
     def blocked(self, num_lanes: int, margin_m: float = 1.0) -> NDArray[Any]:
         """For every lane index, the arc length where traffic must stop (inf: free) [m]."""
