@@ -7,7 +7,7 @@ two-way road segment; every intersection is a junction with connector lanes for 
 permitted turns and one traffic signal per approach lane. Connectors are straight
 lines or, for turns, a straight lead, a circular arc and a straight tail; their road is
 the junction id and their station their own arc length. At every junction the
-north-south approaches and the east-west approaches take turns: green, amber, all-red.
+approaches take turns (split phasing): green, amber, all-red, then the next approach.
 Kerbs (the block outlines with rounded corners, and the outline of the whole grid) are
 the map's barriers.
 
@@ -88,7 +88,7 @@ class UrbanMapConfig:
         stop_gap_m: Gap between the stop line and the crosswalk [m].
         speed_limit_mps: Speed limit on roads and straight connectors [m/s].
         turn_speed_limit_mps: Speed limit on turning connectors [m/s].
-        green_s: Range of green time per axis, drawn per junction and axis [s].
+        green_s: Range of green time per approach, drawn per junction and approach [s].
         amber_s: Range of the amber time, drawn per junction [s].
         all_red_s: Range of the all-red clearance after each amber, per junction [s].
         parked_car_prob: Probability that a block side has parked cars.
@@ -119,7 +119,7 @@ class UrbanMapConfig:
     stop_gap_m: float = 1.0
     speed_limit_mps: float = 13.9
     turn_speed_limit_mps: float = 6.0
-    green_s: tuple[float, float] = (15.0, 30.0)
+    green_s: tuple[float, float] = (8.0, 14.0)
     amber_s: tuple[float, float] = (3.0, 4.0)
     all_red_s: tuple[float, float] = (1.0, 2.0)
     parked_car_prob: float = 0.5
@@ -438,20 +438,21 @@ def generate_urban(cfg: UrbanMapConfig, seed: int) -> tuple[RoadMap, UrbanLayout
             junctions.append(Junction(jid, _junction_polygon(centre, here, float(half_v[i]),
                                                              float(half_h[j]), r),
                                       tuple(conn_ids)))
-            # Signals: the north-south axis is green first, then (after amber and all-red)
-            # the east-west axis; the two are never green at the same time.
-            g_ns, g_ew = rng.uniform(*cfg.green_s, size=2)
+            # Signals: split phasing. Each approach in turn gets green, then amber and an
+            # all-red clearance, so no two flows through the junction ever cross (turning
+            # traffic needs no gap acceptance; pedestrians are yielded to).
+            greens = rng.uniform(*cfg.green_s, size=len(here))
             amber = float(rng.uniform(*cfg.amber_s))
             clear = float(rng.uniform(*cfg.all_red_s))
-            cycle = float(g_ns + g_ew + 2.0 * (amber + clear))
+            cycle = float(greens.sum() + len(here) * (amber + clear))
             start = float(rng.uniform(0.0, cycle))
             cycles[jid] = cycle
-            for a, arm in sorted(here.items()):
+            starts = start + np.concatenate([[0.0], np.cumsum(greens + amber + clear)[:-1]])
+            for slot, (a, arm) in enumerate(sorted(here.items())):
                 u = _ARM_DIR[a]
                 nrm = np.array([-u[1], u[0]])
-                ns = a in (1, 3)
-                green = float(g_ns if ns else g_ew)
-                offset = start if ns else start + g_ns + amber + clear
+                green = float(greens[slot])
+                offset = float(starts[slot])
                 head = centre + arm.stop_m * u + (arm.half_m + 0.5) * nrm
                 for k, lane_id in enumerate(arm.approach):
                     ln = index[lane_id]
