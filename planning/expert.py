@@ -179,6 +179,19 @@ class Expert:
                     j = int(np.argmin(np.where(ahead, ds, np.inf)))
                     if ds[j] < gap:
                         gap, lead_v = float(max(ds[j], 0.1)), float(t.v[on][j])
+            # Vehicles on other connectors merging into the same lane, nearer the merge.
+            if ln.kind == "connector" and len(ln.successors) == 1:
+                merge = t.merge_into
+                rest_here = base + ln.length - start
+                others = t.active & (t.lane != lane) & (merge[np.maximum(t.lane, 0)]
+                                                        == merge[lane])
+                if others.any():
+                    rest = t.lane_length[t.lane[others]] - t.s[others]
+                    ahead = rest < rest_here
+                    if ahead.any():
+                        d = float(np.min(rest_here - rest[ahead])) - 2.0 * half_len
+                        if d < gap:
+                            gap, lead_v = max(d, 0.1), float(np.min(t.v[others][ahead]))
             # Stop lines of lights that are not green (amber: only if it can stop).
             k = int(env.signals.lane_signal[lane]) if len(env.signals.cycle) else -1
             if k >= 0:

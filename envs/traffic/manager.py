@@ -146,6 +146,9 @@ class TrafficManager:
         self.lane_mid = np.array([ln.position(ln.length / 2.0) for ln in lanes])
         self.lane_radius = np.array([ln.length / 2.0 for ln in lanes])
         self.block_s = np.where(self.lane_ends, self.lane_length, np.inf)
+        # Connectors that end in the same lane merge: each knows its single successor.
+        self.merge_into = np.array([self.successor[i] if ln.kind == "connector" else -1
+                                    for i, ln in enumerate(lanes)])
         self.active = np.zeros(n, dtype=bool)
         self.lane = np.zeros(n, dtype=np.int64)
         self.next_lane = np.full(n, -1, dtype=np.int64)
@@ -354,6 +357,14 @@ class TrafficManager:
         rest = self.lane_length[np.maximum(q_lane, 0)] - q_s
         on_succ = (a_lane[None, :] == succ[:, None]) & (succ[:, None] >= 0)
         gap = np.where(on_succ, rest[:, None] + a_s[None, :], gap)
+        # Zipper rule where connectors merge: whoever is closer to the merge point leads.
+        q_merge = self.merge_into[np.maximum(q_lane, 0)]
+        a_merge = self.merge_into[np.maximum(a_lane, 0)]
+        a_rest = self.lane_length[np.maximum(a_lane, 0)] - a_s
+        merging = ((q_merge[:, None] >= 0) & (a_merge[None, :] == q_merge[:, None])
+                   & (a_lane[None, :] != q_lane[:, None]) & (a_lane[None, :] >= 0)
+                   & (a_rest[None, :] < rest[:, None]))
+        gap = np.where(merging, np.minimum(gap, rest[:, None] - a_rest[None, :]), gap)
         gap[np.arange(len(q_lane)), exclude] = np.inf
         idx = np.argmin(gap, axis=1)
         best = gap[np.arange(len(q_lane)), idx]
