@@ -60,14 +60,36 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {value}")
+    return value
+
+
 def _env_arguments(parser: argparse.ArgumentParser, out: str, steps: int,
                    steps_help: str) -> None:
     """The options of commands that build and drive one env."""
     parser.add_argument("--out", default=out, help="output folder")
     parser.add_argument("--env", default="bulletdrive/Highway-v0",
                         help="env id: bulletdrive/Highway-v0 or bulletdrive/Urban-v0")
-    parser.add_argument("--seed", type=int, default=0, help="reset seed")
-    parser.add_argument("--steps", type=int, default=steps, help=steps_help)
+    parser.add_argument("--seed", type=_seed, default=0, help="reset seed")
+    parser.add_argument("--steps", type=_count, default=steps, help=steps_help)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="env config override, e.g. traffic.num_vehicles=30")
 
@@ -87,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="measure env throughput")
     bench.add_argument("--json", action="store_true", help="print the figures as JSON")
-    bench.add_argument("--steps", type=int, default=1000, help="steps per measurement")
+    bench.add_argument("--steps", type=_count, default=1000, help="steps per measurement")
     bench.add_argument("--compare", action="append", default=[], metavar="NAME",
                        help=f"also measure another simulator: {', '.join(COMPARE_CHOICES)}")
     bench.set_defaults(func=_cmd_bench)
@@ -99,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code = int(args.func(args))
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
+    except (ConfigError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -155,6 +155,8 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         Options: ``map_seed`` (int) forces the map; ``start_lane`` (lane id) and
         ``start_s_m`` (arc length [m]) force the ego's start.
         """
+        if seed is not None and (not isinstance(seed, int | np.integer) or seed < 0):
+            raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
         super().reset(seed=seed)
         options = dict(options or {})
         unknown = sorted(set(options) - set(OPTION_KEYS))
@@ -240,7 +242,6 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         self._overrun: set[int] = set()
         self._frame = None
         self.last_events: list[ev.Event] = []
-        self._sync_traffic()
         return self._observation(), self._info([])
 
     # ------------------------------------------------------------------ step
@@ -276,23 +277,8 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         events: list[ev.Event] = []
         prev_point = self.lane_point
         self.lane_point = self.road_map.locate(np.array([st.x, st.y]), st.yaw)
-        self._sync_traffic()
         states = self.signals.states(self.sim_time_s)
-        red = np.zeros(len(self.road_map.lanes), dtype=bool)
-        stops = np.full(len(self.road_map.lanes), np.inf)
-        if len(states):
-            lanes = np.flatnonzero(self.signals.lane_signal >= 0)
-            held = states[self.signals.lane_signal[lanes]] != GREEN
-            red[lanes[held]] = True
-            # Traffic stops half a metre before the stop line (the end of the lane).
-            stops[lanes[held]] = self.traffic.lane_length[lanes[held]] - 0.5
-        if self.pedestrians is not None:
-            t = self.traffic
-            vehicles = np.vstack([[self.state.x, self.state.y],
-                                  np.column_stack([t.x[t.active], t.y[t.active]])])
-            self.pedestrians.step(red, vehicles)
-            stops = np.minimum(stops, self.pedestrians.blocked(len(self.road_map.lanes)))
-        self.traffic.step(self._ego_slot(), stops)
+        self.traffic.step(self._ego_slot(), self._advance_pedestrians(states))
         self._signal_events(prev_point, states, events)
         self._collision_events(contacts, events)
         self._lane_events(prev_point, events)
@@ -303,6 +289,27 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         self.last_events = events
         return self._observation(), reward, terminated, truncated, self._info(events)
 
+    def _advance_pedestrians(self, states: NDArray[Any]) -> NDArray[Any]:
+        """Move the pedestrians; return where traffic must stop on each lane this step.
+
+        Stop points are half a metre before the stop line (the lane's end) of every lane
+        whose light is not green, and just before crossings with pedestrians on them.
+        """
+        rm = self.road_map
+        assert rm is not None
+        held = np.zeros(len(rm.lanes), dtype=bool)
+        if len(states):
+            lanes = np.flatnonzero(self.signals.lane_signal >= 0)
+            held[lanes] = states[self.signals.lane_signal[lanes]] != GREEN
+        stops = np.where(held, self.traffic.lane_length - 0.5, np.inf)
+        if self.pedestrians is not None:
+            t = self.traffic
+            vehicles = np.vstack([[self.state.x, self.state.y],
+                                  np.column_stack([t.x[t.active], t.y[t.active]])])
+            self.pedestrians.step(held, vehicles)
+            stops = np.minimum(stops, self.pedestrians.blocked(len(rm.lanes)))
+        return stops
+
     def _ego_slot(self) -> EgoSlot:
         lp = self.lane_point
         if lp is None:
@@ -310,14 +317,11 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         return EgoSlot(self.road_map.lane_index[lp.lane], lp.s,  # type: ignore[union-attr]
                        max(self.state.speed_mps, 0.0), self.config.vehicle.length_m)
 
-    def _sync_traffic(self) -> None:
-        self.traffic.ego = self._ego_slot()
-
     def _collision_events(self, contacts: Mapping[int, None], events: list[ev.Event]) -> None:
         st = self.state
         for body in contacts:
-            cls = self.traffic_class.get(body) or self.scene.body_class.get(body,
-                                                                           SemanticClass.STATIC)
+            cls = (self.traffic_class[body] if body in self.traffic_class
+                   else self.scene.body_class.get(body, SemanticClass.STATIC))
             if cls == SemanticClass.ROAD:
                 continue
             event: ev.Event = {"type": ev.COLLISION, "other": int(body)}

@@ -166,6 +166,7 @@ class Expert:
         half_len = env.config.vehicle.length_m / 2.0
         gap, lead_v = FREE_ROAD_GAP_M, 0.0
         t = env.traffic
+        states = env.signals.states(env.sim_time_s)
         base = 0.0  # distance from the ego to where lane i is entered
         ego_lane = rm.lane_index[env.lane_point.lane] if env.lane_point else -1
         for i, (lane, entry) in enumerate(lanes):
@@ -193,9 +194,9 @@ class Expert:
                         if d < gap:
                             gap, lead_v = max(d, 0.1), float(np.min(t.v[others][ahead]))
             # Stop lines of lights that are not green (amber: only if it can stop).
-            k = int(env.signals.lane_signal[lane]) if len(env.signals.cycle) else -1
+            k = int(env.signals.lane_signal[lane]) if len(states) else -1
             if k >= 0:
-                state = env.signals.states(env.sim_time_s)[k]
+                state = states[k]
                 to_line = base + ln.length - start - half_len - 1.0
                 # Amber: stop only if that needs no more than 4 m/s^2.
                 can_stop = to_line > speed * speed / (2.0 * 4.0)

@@ -12,6 +12,7 @@ from numpy.typing import NDArray
 
 from common.config import require
 from envs.sim import textures
+from envs.sim.vehicle import vehicle_to_world
 
 #: An RGB image (H, W, 3) uint8 (dtype left open for numpy's typing of cv2 results).
 Image = NDArray[Any]
@@ -100,9 +101,8 @@ class EgoCamera:
 
     def pose(self, x: float, y: float, z: float, yaw: float) -> tuple[list[float], list[float]]:
         """Eye and target points of the camera on a car at (x, y, z) with heading ``yaw``."""
-        mx, my, mz = self.cfg.mount_xyz_m
+        eye = list(vehicle_to_world(x, y, z, yaw, self.cfg.mount_xyz_m))
         c, s = math.cos(yaw), math.sin(yaw)
-        eye = [x + c * mx - s * my, y + s * mx + c * my, z + mz]
         cp = math.cos(self.cfg.pitch_rad)
         target = [eye[0] + c * cp, eye[1] + s * cp, eye[2] - math.sin(self.cfg.pitch_rad)]
         return eye, target

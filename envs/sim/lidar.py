@@ -11,6 +11,7 @@ import pybullet as p
 from numpy.typing import NDArray
 
 from common.config import require
+from envs.sim.vehicle import vehicle_to_world
 
 #: Collision group of the ego's links; lidar rays skip it (they start inside its roof line).
 EGO_COLLISION_GROUP = 0x10
@@ -70,8 +71,7 @@ class Lidar:
         """Ranges (channels * beams,) float32 [m] from a car at (x, y, z) heading ``yaw``."""
         cfg = self.cfg
         c, s = math.cos(yaw), math.sin(yaw)
-        mx, my, mz = cfg.mount_xyz_m
-        origin = np.array([x + c * mx - s * my, y + s * mx + c * my, z + mz])
+        origin = np.array(vehicle_to_world(x, y, z, yaw, cfg.mount_xyz_m))
         rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
         ends = origin + (self._dirs @ rot.T) * cfg.range_m
         starts = np.broadcast_to(origin, ends.shape)

@@ -495,3 +495,12 @@ __all__ = [
     "ackermann_angles",
     "bicycle_angle",
 ]
+
+
+def vehicle_to_world(x: float, y: float, z: float, yaw: float,
+                     offset_xyz: tuple[float, float, float]) -> tuple[float, float, float]:
+    """World position of a point mounted at ``offset_xyz`` in the vehicle frame (x forward,
+    y left, z up) of a vehicle at (``x``, ``y``, ``z``) heading ``yaw`` [m, rad]."""
+    ox, oy, oz = offset_xyz
+    c, s = math.cos(yaw), math.sin(yaw)
+    return x + c * ox - s * oy, y + s * ox + c * oy, z + oz

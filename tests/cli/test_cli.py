@@ -55,3 +55,15 @@ def test_bad_input_is_one_clear_line(argv: list[str], fragment: str, tmp_path: P
     assert code == 2
     assert err.startswith("error: ") and fragment in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [
+    (["demo", "--seed", "-3"], "--seed: must be a whole number >= 0"),
+    (["demo", "--steps", "0"], "--steps: must be a whole number >= 1"),
+    (["bench", "--steps", "many"], "--steps: must be a whole number >= 1"),
+])
+def test_bad_numbers_are_rejected_by_the_parser(argv: list[str], fragment: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and fragment in capsys.readouterr().err

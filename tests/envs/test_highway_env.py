@@ -159,6 +159,8 @@ def test_bad_config_and_options() -> None:
     try:
         with pytest.raises(ValueError, match="valid options: map_seed, start_lane"):
             e.reset(seed=0, options={"weather": 1})
+        with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+            e.reset(seed=-1)
         with pytest.raises(ValueError, match="not a start lane"):
             e.reset(seed=0, options={"start_lane": "main/b0"})
     finally:
