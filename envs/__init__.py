@@ -3,7 +3,12 @@
 Importing this package registers the envs under the ``bulletdrive/`` namespace:
 
 >>> import gymnasium as gym, envs
->>> env = gym.make("bulletdrive/Highway-v0")
+>>> env = gym.make("bulletdrive/Highway-v0", action_mode="behavior")
+
+A registered id is the world plus its action interface, so its entry point is
+:func:`planning.make.make_env`, which applies the ``behavior`` / ``trajectory`` decision
+layers. gymnasium imports it by name when an env is made; ``envs`` itself never imports
+``planning``. :func:`make` builds the bare world (``control`` actions only).
 """
 
 from __future__ import annotations
@@ -16,25 +21,27 @@ if TYPE_CHECKING:
     from envs.driving_env import DrivingEnv
 
 ENV_IDS = ("bulletdrive/Highway-v0", "bulletdrive/Urban-v0")
-_ENTRY_POINTS = {"bulletdrive/Highway-v0": "envs.highway_env:HighwayEnv",
-                 "bulletdrive/Urban-v0": "envs.urban_env:UrbanEnv"}
+_CLASSES = {"bulletdrive/Highway-v0": "envs.highway_env:HighwayEnv",
+            "bulletdrive/Urban-v0": "envs.urban_env:UrbanEnv"}
 
-for _env_id, _entry in _ENTRY_POINTS.items():
+for _env_id in _CLASSES:
     if _env_id not in registry:
-        register(id=_env_id, entry_point=_entry)
+        register(id=_env_id, entry_point="planning.make:make_env", kwargs={"env_id": _env_id})
 
 
 def make(env_id: str, **kwargs: object) -> DrivingEnv:
-    """Create a bulletdrive env by id, with a clear error naming the valid ids.
+    """Create the bare world of a bulletdrive env by id (``control`` actions), with a
+    clear error naming the valid ids.
 
     Keyword arguments go to the env (``config=``, ``overrides=``, ``render_mode=``).
-    The env is created directly (not wrapped), so its attributes are at hand.
+    The env is created directly (not wrapped), so its attributes are at hand; use
+    :func:`planning.make.make_env` for the other action modes.
     """
     import importlib
 
     short = env_id if env_id.startswith("bulletdrive/") else f"bulletdrive/{env_id}"
     if short not in ENV_IDS:
         raise ValueError(f"unknown env id {env_id!r}; valid: {', '.join(ENV_IDS)}")
-    module, cls = str(registry[short].entry_point).split(":")
+    module, cls = _CLASSES[short].split(":")
     env = getattr(importlib.import_module(module), cls)(**kwargs)
     return env

@@ -111,11 +111,74 @@ class VisualConfig:
 
 
 @dataclass(frozen=True)
-class ActionConfig:
-    """Action interface. ``control``: ``[steer, accel]`` in [-1, 1] (out-of-range values
-    are clipped; NaN or inf raise ``ValueError``)."""
+class BehaviorConfig:
+    """The ``behavior`` action mode: discrete meta-actions executed by controllers.
 
-    mode: Literal["control"] = "control"
+    Attributes:
+        steps_per_decision: Control steps each meta-action is held for (3 at 10 Hz is a
+            policy at 3.3 Hz).
+        speed_step_mps: Change of the target speed per ``faster`` / ``slower`` [m/s].
+        max_speed_mps: Highest target speed ``faster`` can reach [m/s].
+        max_decel_mps2: Largest deceleration the executor uses (``slower``, ``stop``) [m/s^2].
+        lane_change_s: Duration of the lateral transition of a lane change [s].
+    """
+
+    steps_per_decision: int = 3
+    speed_step_mps: float = 2.5
+    max_speed_mps: float = 35.0
+    max_decel_mps2: float = 4.0
+    lane_change_s: float = 3.0
+
+    def __post_init__(self) -> None:
+        require(self.steps_per_decision >= 1, "action.behavior.steps_per_decision must be >= 1")
+        require(self.speed_step_mps > 0 and self.max_speed_mps > 0 and self.max_decel_mps2 > 0
+                and self.lane_change_s > 0, "action.behavior values must be positive")
+
+
+@dataclass(frozen=True)
+class TrajectoryConfig:
+    """The ``trajectory`` action mode: ``[lateral offset, target speed, horizon]`` in
+    [-1, 1], scaled to the ranges below, turned into a path and tracked.
+
+    Attributes:
+        steps_per_decision: Control steps each decision is held for (replanned after).
+        max_offset_lanes: Lateral offset at action 1 [lane widths, left positive],
+            relative to the centre of the lane the ego is in.
+        max_speed_mps: Target speed at action 1 (action -1 is 0) [m/s].
+        horizon_s: Range of the transition duration (action -1 to 1) [s].
+    """
+
+    steps_per_decision: int = 3
+    max_offset_lanes: float = 1.5
+    max_speed_mps: float = 35.0
+    horizon_s: tuple[float, float] = (1.0, 5.0)
+
+    def __post_init__(self) -> None:
+        require(self.steps_per_decision >= 1,
+                "action.trajectory.steps_per_decision must be >= 1")
+        require(self.max_offset_lanes > 0 and self.max_speed_mps > 0,
+                "action.trajectory.max_offset_lanes and max_speed_mps must be positive")
+        require(0 < self.horizon_s[0] <= self.horizon_s[1],
+                "action.trajectory.horizon_s must be an increasing range of positive seconds")
+
+
+#: Valid values of ``action.mode``.
+ACTION_MODES = ("control", "behavior", "trajectory")
+
+
+@dataclass(frozen=True)
+class ActionConfig:
+    """Action interface (``action.mode``).
+
+    ``control``: ``[steer, accel]`` in [-1, 1] (out-of-range values are clipped; NaN or
+    inf raise ``ValueError``). ``behavior`` and ``trajectory`` are decision layers from
+    :mod:`planning.action_modes` on top of ``control``; the env ids registered by
+    :mod:`envs` apply them. The env class itself always takes ``control`` actions.
+    """
+
+    mode: Literal["control", "behavior", "trajectory"] = "control"
+    behavior: BehaviorConfig = field(default_factory=BehaviorConfig)
+    trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,22 @@ class ExpertConfig:
     pedestrian_margin_m: float = 2.5
 
 
+@dataclass(frozen=True)
+class ExpertPlan:
+    """The expert's intent for the current step.
+
+    Attributes:
+        lane: Lane it wants to drive in (the route lane, or the next one once a lane
+            change is free); ``None`` when off every lane.
+        accel_mps2: Acceleration it wants (IDM behind the nearest obstacle) [m/s^2].
+        control: The ``[steer, accel]`` command in [-1, 1].
+    """
+
+    lane: str | None
+    accel_mps2: float
+    control: NDArray[np.float32]
+
+
 class Expert:
     """A privileged policy for a :class:`envs.driving_env.DrivingEnv`.
 
@@ -122,11 +138,16 @@ class Expert:
     # ------------------------------------------------------------------ act
     def act(self, env: DrivingEnv) -> NDArray[np.float32]:
         """The ``[steer, accel]`` command for the env's current state."""
+        return self.plan(env).control
+
+    def plan(self, env: DrivingEnv) -> ExpertPlan:
+        """What the expert wants now: its lane, its acceleration and the control."""
         cfg = self.cfg
         st = env.state
         vcfg = env.config.vehicle
-        if env.lane_point is None:
-            return np.array([0.0, -1.0], np.float32)
+        rm = env.road_map
+        if env.lane_point is None or rm is None:
+            return ExpertPlan(None, -vcfg.max_brake_mps2, np.array([0.0, -1.0], np.float32))
         lanes, s0 = self._path(env)
         speed = max(st.speed_mps, 0.0)
         ld = max(cfg.min_lookahead_m, cfg.lookahead_s * speed)
@@ -140,7 +161,8 @@ class Expert:
         steer = delta / vcfg.max_steer_rad
         accel = self._longitudinal(env, lanes, s0, speed)
         cmd = accel / (vcfg.max_accel_mps2 if accel > 0 else vcfg.max_brake_mps2)
-        return np.clip(np.array([steer, cmd], np.float32), -1.0, 1.0)
+        control = np.clip(np.array([steer, cmd], np.float32), -1.0, 1.0)
+        return ExpertPlan(rm.lanes[lanes[0][0]].id, accel, control)
 
     def _desired_speed(self, env: DrivingEnv, lanes: list[tuple[int, float]], s0: float,
                        speed: float) -> float:
