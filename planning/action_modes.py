@@ -183,7 +183,7 @@ class BehaviorWrapper(DecisionWrapper):
         assert isinstance(driving, DrivingEnv)
         self.cfg = cfg or driving.config.action.behavior
         super().__init__(env, self.cfg.steps_per_decision)
-        self.action_space = spaces.Discrete(len(MetaAction))  # type: ignore[assignment]
+        self.action_space = spaces.Discrete(len(MetaAction))
         self.max_decel_mps2 = self.cfg.max_decel_mps2
         self.target_lane: str | None = None
         self.change_end_s = 0.0
@@ -255,10 +255,11 @@ class TrajectoryWrapper(DecisionWrapper):
 
     The offset (times ``max_offset_lanes`` lane widths, left positive) is relative to the
     centre of the lane the ego is in (the layer follows that lane through junctions
-    along the route, and moves to a neighbour once the ego is in it); the path reaches it with a quintic transition over
-    the horizon (``horizon_s`` range) at the current speed, and is replanned at every
-    decision. The target speed spans ``[0, max_speed_mps]``. Out-of-range values are
-    clipped; NaN or inf raise ``ValueError``.
+    along the route, and moves to a neighbour once the ego is in it); the path reaches
+    it with a quintic transition over the horizon (``horizon_s`` range) at the current
+    speed, and is replanned at every decision. The target speed spans
+    ``[0, max_speed_mps]``. Out-of-range values are clipped; NaN or inf raise
+    ``ValueError``.
 
     Args:
         env: A bulletdrive env (or a wrapper of one).
@@ -270,7 +271,7 @@ class TrajectoryWrapper(DecisionWrapper):
         assert isinstance(driving, DrivingEnv)
         self.cfg = cfg or driving.config.action.trajectory
         super().__init__(env, self.cfg.steps_per_decision)
-        self.action_space = spaces.Box(-1.0, 1.0, shape=(3,),  # type: ignore[assignment]
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(3,),
                                        dtype=np.float32)
         self.max_decel_mps2 = driving.config.action.behavior.max_decel_mps2
         self.offset_m = 0.0
