@@ -44,7 +44,7 @@ from envs.sim.scene import Scene, SceneGeometry, SemanticClass, build_atlas, bui
 from envs.sim.vehicle import EgoVehicle, VehicleState
 from envs.traffic.manager import EgoSlot, TrafficManager
 from envs.traffic.pedestrians import Pedestrians
-from envs.traffic.signals import GREEN, RED, SignalHeads, SignalStates
+from envs.traffic.signals import AMBER, GREEN, RED, SignalHeads, SignalStates
 
 MEASUREMENT_KEYS = ("speed_mps", "steer_rad", "cmd_follow_lane", "cmd_left", "cmd_right",
                     "cmd_straight", "cmd_change_left", "cmd_change_right",
@@ -53,6 +53,10 @@ EGO_STATE_KEYS = ("speed_mps", "lateral_offset_m", "heading_error_rad", "lane_wi
                   "steer_rad", "accel_mps2", "lanes_left", "lanes_right", "speed_limit_mps")
 VEHICLE_STATE_KEYS = ("dx_m", "dy_m", "dvx_mps", "dvy_mps", "length_m", "width_m", "present")
 OPTION_KEYS = ("map_seed", "start_lane", "start_s_m")
+
+
+#: BEV colours of signal states (GREEN, AMBER, RED), RGB.
+_SIGNAL_COLOURS = {GREEN: (40, 200, 60), AMBER: (245, 190, 20), RED: (230, 30, 30)}
 
 
 def state_layout(num_vehicles: int) -> list[str]:
@@ -561,8 +565,10 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         }
 
     # ------------------------------------------------------------------ rendering
-    def bev(self, size_px: int = 256, metres_per_px: float = 0.4) -> NDArray[np.uint8]:
-        """Bird's-eye view around the ego with traffic and the route."""
+    def bev(self, size_px: int = 256, metres_per_px: float = 0.4,
+            planned_path: NDArray[np.float64] | None = None) -> NDArray[np.uint8]:
+        """Bird's-eye view around the ego with traffic, pedestrians, signal stop lines
+        (coloured by state) and the route; ``planned_path`` (K, 2) [m] is drawn on top."""
         assert self.road_map is not None and self.route is not None
         if self._bev is None or self._bev.size_px != size_px:
             self._bev = BirdEyeView(self.road_map, size_px, metres_per_px)
@@ -570,9 +576,17 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         st = self.state
         agents = [BoxAgent(float(b[0]), float(b[1]), float(b[2]), float(b[3]), float(b[4]))
                   for b in self.traffic.boxes()]
+        peds = self.pedestrians
+        if peds is not None:
+            agents += [BoxAgent(float(px), float(py), 0.0, 0.7, 0.7, (40, 90, 230))
+                       for px, py in zip(peds.x, peds.y, strict=True)]
         agents.append(BoxAgent(st.x, st.y, st.yaw, self.config.vehicle.length_m,
                                self.config.vehicle.width_m, (230, 40, 40)))
-        return self._bev.render(st.x, st.y, st.yaw, agents, self._route_line)
+        states = self.signals.states(self.sim_time_s)
+        stop_lines = [(sig.stop_line, _SIGNAL_COLOURS[int(states[k])])
+                      for k, sig in enumerate(self.road_map.signals)] if len(states) else []
+        return self._bev.render(st.x, st.y, st.yaw, agents, self._route_line, planned_path,
+                                stop_lines)
 
     def render(self) -> NDArray[np.uint8] | None:
         """``rgb_array``: the camera frame (scaled) beside the bird's-eye view."""

@@ -89,7 +89,8 @@ class BirdEyeView:
 
     def render(self, x: float, y: float, yaw: float, agents: Sequence[BoxAgent] = (),
                route_path: FloatArray | None = None,
-               planned_path: FloatArray | None = None) -> Image:
+               planned_path: FloatArray | None = None,
+               stop_lines: Sequence[tuple[FloatArray, tuple[int, int, int]]] = ()) -> Image:
         """Draw a frame centred on (``x``, ``y``) with heading ``yaw``.
 
         Args:
@@ -98,6 +99,7 @@ class BirdEyeView:
             agents: Vehicles to draw; the first one is drawn as the ego if its colour is red.
             route_path: Route centre line (M, 2) to highlight [m].
             planned_path: A planned path (K, 2) drawn on top [m].
+            stop_lines: Signal stop lines (2, 2) [m] with the colour of their state.
 
         Returns:
             RGB image (size_px, size_px, 3).
@@ -141,6 +143,10 @@ class BirdEyeView:
         if planned_path is not None and len(planned_path) > 1:
             cv2.polylines(img, [self._to_px(planned_path, x, y, yaw)], False, (255, 220, 0), 1,
                           cv2.LINE_AA, shift=2)
+        for line, color in stop_lines:
+            if np.hypot(line[:, 0] - x, line[:, 1] - y).min() < radius:
+                cv2.polylines(img, [self._to_px(line, x, y, yaw)], False, color,
+                              max(int(0.8 / self.metres_per_px), 2), cv2.LINE_AA, shift=2)
         for agent in agents:
             poly = box_corners(agent.x, agent.y, agent.yaw, agent.length, agent.width)
             px = self._to_px(poly, x, y, yaw)
