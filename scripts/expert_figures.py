@@ -23,7 +23,6 @@ import envs  # noqa: F401  (registers the ids)
 from envs.render.bev import BirdEyeView, BoxAgent
 from planning.policies import make_policy
 
-
 #: Signal state colours (GREEN, AMBER, RED), RGB.
 _LIGHTS = {0: (40, 200, 60), 1: (245, 190, 20), 2: (230, 30, 30)}
 
@@ -97,7 +96,7 @@ def _manoeuvre_picture(env_id: str, seed: int, mode: str, moment: Any, out: Path
             lights = [(sig.stop_line, _LIGHTS[int(states[k])])
                       for k, sig in enumerate(driving.road_map.signals)] if len(states) else []
             snapshot = (traffic, lights)
-        if hit is not None and times[-1] >= times[hit] + 3.5 or terminated or truncated:
+        if (hit is not None and times[-1] >= times[hit] + 3.5) or terminated or truncated:
             break
     if hit is None or snapshot is None:
         raise SystemExit(f"{title}: the manoeuvre did not happen for seed {seed}")
