@@ -60,6 +60,30 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from agents.collect import collect, load_collect_config
+
+    overrides = list(args.set)
+    if args.episodes is not None:
+        overrides.append(f"episodes_per_env={args.episodes}")
+    if args.envs:
+        overrides.append("envs=[" + ", ".join(args.envs) + "]")
+    cfg = load_collect_config(args.config, overrides)
+    print(json.dumps(collect(cfg, args.out, progress=not args.quiet), indent=2))
+    return 0
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from perception.probes import ProbeConfig, probe_checkpoints
+
+    cfg = ProbeConfig(max_frames=args.max_frames)
+    report = probe_checkpoints(args.encoder, args.data, args.out,
+                               random_reference=not args.no_random_reference, seed=args.seed,
+                               config=cfg)
+    print(report.to_markdown())
+    return 0
+
+
 def _count(text: str) -> int:
     """argparse type: a whole number >= 1."""
     try:
@@ -106,6 +130,29 @@ def build_parser() -> argparse.ArgumentParser:
     snap = sub.add_parser("snapshot", help="save camera and bird's-eye frames as PNG")
     _env_arguments(snap, "out/snapshot", 30, "steps to drive before the shot")
     snap.set_defaults(func=_cmd_snapshot)
+
+    col = sub.add_parser("collect", help="record camera frames with simulator labels")
+    col.add_argument("--out", default="data/frames", help="dataset folder (resumed if present)")
+    col.add_argument("--config", default=None, help="collect config name or YAML path")
+    col.add_argument("--envs", nargs="+", default=None, metavar="ENV_ID",
+                     help="envs to drive (default from the config)")
+    col.add_argument("--episodes", type=_count, default=None, help="episodes per env")
+    col.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="collect config override, e.g. steer_noise=0.2")
+    col.add_argument("--quiet", action="store_true", help="no progress bar")
+    col.set_defaults(func=_cmd_collect)
+
+    probe = sub.add_parser("probe", help="linear probes of frozen encoders on a dataset")
+    probe.add_argument("--data", required=True, help="dataset folder (bulletdrive collect)")
+    probe.add_argument("--encoder", action="append", default=[], metavar="CHECKPOINT",
+                       help="encoder checkpoint folder (repeatable)")
+    probe.add_argument("--out", default="out/probe", help="where probes.json/.md go")
+    probe.add_argument("--no-random-reference", action="store_true",
+                       help="leave out the randomly initialised reference encoder")
+    probe.add_argument("--max-frames", type=_count, default=None,
+                       help="frames per split at most")
+    probe.add_argument("--seed", type=_seed, default=0, help="seed of the random reference")
+    probe.set_defaults(func=_cmd_probe)
 
     bench = sub.add_parser("bench", help="measure env throughput")
     bench.add_argument("--json", action="store_true", help="print the figures as JSON")

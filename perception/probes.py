@@ -553,3 +553,55 @@ __all__ = [
     "r2_score",
     "run_probes",
 ]
+
+
+def probe_checkpoints(checkpoints: Sequence[str | Path], root: str | Path,
+                      out_dir: str | Path | None = None, *, random_reference: bool = True,
+                      seed: int = 0, config: ProbeConfig | None = None,
+                      device: str | torch.device | None = None) -> ProbeReport:
+    """Probe encoder checkpoints, with a randomly initialised encoder of the first one's
+    architecture as the reference row; write ``probes.json`` and ``probes.md``.
+
+    Args:
+        checkpoints: Encoder checkpoint directories (:mod:`perception.checkpoint`).
+        root: Dataset directory.
+        out_dir: Where to write the report (atomically); ``None`` writes nothing.
+        random_reference: Add the ``random_init`` row.
+        seed: Seed of the random initialisation.
+        config: Probe settings.
+        device: Device to embed on (default: CUDA when available).
+
+    Raises:
+        CheckpointError: For a missing, corrupt or mismatching checkpoint.
+        DatasetError: For a missing or corrupt dataset.
+    """
+    import json
+
+    from common.io import atomic_write_text
+    from perception.checkpoint import encoder_config_of, load_encoder
+    from perception.encoders import Encoder, EncoderConfig, build_encoder, freeze
+
+    if not checkpoints and not random_reference:
+        raise ValueError("probe: give at least one encoder checkpoint (or the random reference)")
+    dev = torch.device(device) if device is not None else torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu")
+    loaded: dict[str, Encoder] = {}
+    for path in checkpoints:
+        # A pretrain run keeps its encoder in <run>/encoder: name the row after the run.
+        name = Path(path).name if Path(path).name != "encoder" else Path(path).parent.name
+        loaded[name or str(path)] = load_encoder(path, device=dev)
+    encoders: dict[str, torch.nn.Module] = dict(loaded)
+    if random_reference:
+        enc_cfg = encoder_config_of(next(iter(loaded.values()))) if loaded else EncoderConfig()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            reference = build_encoder(enc_cfg)
+        freeze(reference)
+        encoders["random_init"] = reference.to(dev)
+    report = run_probes(encoders, root, config=config)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "probes.json", json.dumps(report.to_json(), indent=2))
+        atomic_write_text(out / "probes.md", report.to_markdown() + "\n")
+    return report

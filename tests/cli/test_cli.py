@@ -47,10 +47,14 @@ def test_bench_json(capsys: pytest.CaptureFixture[str]) -> None:
     (["snapshot", "--set", "camera.width=big"], "'camera.width' must be an integer"),
     (["snapshot", "--env", "Mars-v0"], "unknown env id 'Mars-v0'; valid: bulletdrive/Highway-v0"),
     (["bench", "--compare", "carla"], "unknown --compare target 'carla'; valid: highway-env"),
+    (["collect", "--envs", "Moon-v0"], "unknown env id 'Moon-v0'"),
+    (["collect", "--set", "policy=pilot"], "unknown policy 'pilot'; valid: expert, random"),
+    (["probe", "--data", "/nonexistent/frames"], "no dataset at /nonexistent/frames"),
 ])
 def test_bad_input_is_one_clear_line(argv: list[str], fragment: str, tmp_path: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:
-    code = main([*argv, *(["--out", str(tmp_path)] if argv[0] == "snapshot" else [])])
+    code = main([*argv, *(["--out", str(tmp_path)] if argv[0] in ("snapshot", "collect",
+                                                                   "probe") else [])])
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("error: ") and fragment in err
