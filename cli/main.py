@@ -73,6 +73,30 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from perception.pretrain import load_pretrain_config, pretrain
+
+    cfg = load_pretrain_config(args.config, args.set)
+    result = pretrain(cfg, args.data, args.out, max_steps=args.max_steps,
+                      max_minutes=args.max_minutes, resume=not args.restart,
+                      progress=not args.quiet)
+    print(json.dumps({"steps": result.steps, "final_loss": result.final_loss,
+                      "minutes": round(result.minutes, 2),
+                      "encoder": str(result.encoder_dir)}, indent=2))
+    return 0
+
+
+def _minutes(text: str) -> float:
+    """argparse type: a number of minutes >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {value}")
+    return value
+
+
 def _cmd_probe(args: argparse.Namespace) -> int:
     from perception.probes import ProbeConfig, probe_checkpoints
 
@@ -141,6 +165,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="collect config override, e.g. steer_noise=0.2")
     col.add_argument("--quiet", action="store_true", help="no progress bar")
     col.set_defaults(func=_cmd_collect)
+
+    pre = sub.add_parser("pretrain", help="self-supervised pretraining of an encoder")
+    pre.add_argument("--data", required=True, help="dataset folder (bulletdrive collect)")
+    pre.add_argument("--out", default="runs/pretrain", help="run folder (resumed if present)")
+    pre.add_argument("--config", default=None, help="pretrain config name or YAML path")
+    pre.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="config override, e.g. objective.name=byol")
+    pre.add_argument("--max-steps", type=_count, default=None, help="total optimizer steps")
+    pre.add_argument("--max-minutes", type=_minutes, default=None,
+                     help="wall-clock budget of this invocation [min]")
+    pre.add_argument("--restart", action="store_true",
+                     help="ignore an existing checkpoint in --out and start over")
+    pre.add_argument("--quiet", action="store_true", help="no progress bar")
+    pre.set_defaults(func=_cmd_pretrain)
 
     probe = sub.add_parser("probe", help="linear probes of frozen encoders on a dataset")
     probe.add_argument("--data", required=True, help="dataset folder (bulletdrive collect)")
