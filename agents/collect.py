@@ -33,7 +33,10 @@ SIGNAL_RANGE_M = 60.0
 #: ``signal_state`` classes.
 SIGNAL_CLASSES = ("none", "green", "amber", "red")
 #: Seed stride between envs, so that every episode of a dataset has its own seed.
-ENV_SEED_STRIDE = 1_000_000
+ENV_SEED_STRIDE = 10_000
+#: Collection seeds stay below this: the end of the train seed range (evaluation suites'
+#: validation and test seeds start here).
+TRAIN_SEED_END = 100_000
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,8 @@ class CollectConfig:
         envs: Env ids to drive, each for ``episodes_per_env`` episodes.
         episodes_per_env: Episodes per env.
         first_seed: Seed of the first episode; env ``k`` uses
-            ``first_seed + k * 1_000_000 + i``.
+            ``first_seed + k * 10_000 + i`` (inside the train seed range of
+            :mod:`evaluation.suites`, which validation and test suites never use).
         max_steps: Control steps per episode at most (frames per episode).
         policy: Driving policy (``expert``, ``random``, ``keep_lane``).
         steer_noise: Std of Gaussian noise added to the steer command (control mode).
@@ -84,6 +88,10 @@ class CollectConfig:
         require(self.steer_noise >= 0 and self.accel_noise >= 0,
                 "collect noise levels must be >= 0")
         require(0.0 < self.val_fraction < 1.0, "collect.val_fraction must be in (0, 1)")
+        require(self.episodes_per_env <= ENV_SEED_STRIDE,
+                f"collect.episodes_per_env must be <= {ENV_SEED_STRIDE}")
+        require(self.first_seed + len(self.envs) * ENV_SEED_STRIDE <= TRAIN_SEED_END,
+                f"collect seeds must stay below {TRAIN_SEED_END} (the train seed range)")
 
 
 def load_collect_config(source: str | Path | None = None,
