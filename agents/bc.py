@@ -1,0 +1,193 @@
+"""Behaviour cloning from the expert (``bulletdrive train --set algo=bc``), plain or DAgger.
+
+1. Drive ``bc.episodes`` expert episodes (train seeds) in the run's action mode and keep
+   every decision's observation (through the run's observation path) and the expert's
+   action.
+2. Fit an SB3 actor-critic policy (the same network PPO would train) by maximum
+   likelihood of the expert's actions.
+3. DAgger (``bc.dagger_iterations > 0``): drive the learner, label the states it visits
+   with the expert, add them and fit again.
+4. Save it as an agent directory, loadable wherever a policy name is accepted.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import yaml
+from gymnasium import spaces
+from stable_baselines3.common.policies import MultiInputActorCriticPolicy
+from tqdm import tqdm
+
+from agents.config import TrainConfig
+from agents.env_factory import build_env, env_overrides
+from agents.extractors import extractor_kwargs
+from agents.saving import normalize_obs, save_agent
+from common.config import to_dict
+from common.io import atomic_write_text
+from perception.checkpoint import load_encoder
+from perception.encoders import Encoder
+from planning.policies import ExpertPolicy
+
+#: Added to variances so constant features do not divide by zero.
+EPSILON = 1e-8
+#: Normalised observations are clipped to +-this, as SB3's VecNormalize does.
+CLIP_OBS = 10.0
+
+
+class ObservationPath:
+    """Turns single env observations into the policy's input for one observation path."""
+
+    def __init__(self, cfg: TrainConfig, env_space: spaces.Dict, device: torch.device) -> None:
+        self.obs = cfg.obs
+        self.encoder: Encoder | None = None
+        parts: dict[str, spaces.Space[Any]] = {}
+        if cfg.obs == "frozen":
+            assert cfg.encoder is not None
+            self.encoder = load_encoder(cfg.encoder, device=device)
+            parts["embedding"] = spaces.Box(-np.inf, np.inf, (self.encoder.embed_dim,),
+                                            np.float32)
+        elif cfg.obs in ("finetune", "scratch"):
+            h, w, c = env_space["camera"].shape  # type: ignore[misc]
+            parts["camera"] = spaces.Box(0, 255, (c, h, w), np.uint8)
+        for key in ("measurements", "state"):
+            if key in env_space.spaces:
+                parts[key] = env_space.spaces[key]
+        self.space = spaces.Dict(parts)
+
+    def __call__(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One observation, unbatched, unnormalised."""
+        out: dict[str, np.ndarray] = {}
+        if self.encoder is not None:
+            with torch.inference_mode():
+                emb = self.encoder(torch.from_numpy(np.ascontiguousarray(obs["camera"][None])))
+            out["embedding"] = emb.float().cpu().numpy()[0]
+        elif "camera" in self.space.spaces:
+            out["camera"] = np.ascontiguousarray(np.transpose(obs["camera"], (2, 0, 1)))
+        for key in ("measurements", "state"):
+            if key in self.space.spaces:
+                out[key] = np.asarray(obs[key], np.float32)
+        return out
+
+
+def normalization_stats(data: list[dict[str, np.ndarray]], keys: list[str]) -> dict[str, Any]:
+    """Mean/variance of the vector keys, in the format :func:`normalize_obs` reads."""
+    stats = {}
+    for key in keys:
+        arr = np.stack([d[key] for d in data]).astype(np.float64)
+        stats[key] = {"mean": arr.mean(0).tolist(), "var": arr.var(0).tolist(),
+                      "count": float(len(arr))}
+    return {"obs": stats, "epsilon": EPSILON, "clip_obs": CLIP_OBS, "keys": keys}
+
+
+def drive(env: gym.Env[Any, Any], path: ObservationPath, expert: ExpertPolicy,
+          learner: MultiInputActorCriticPolicy | None, stats: dict[str, Any] | None,
+          max_steps: int, seed: int | None) -> tuple[list[dict[str, np.ndarray]], list[Any]]:
+    """One episode; the learner drives when given (DAgger), else the expert. Returns the
+    visited observations and the expert's action at each."""
+    obs, _ = env.reset(seed=seed)
+    observations: list[dict[str, np.ndarray]] = []
+    labels: list[Any] = []
+    for _ in range(max_steps):
+        x = path(obs)
+        label = expert.act(obs, env)
+        observations.append(x)
+        labels.append(label)
+        action = label
+        if learner is not None and stats is not None:
+            batch = normalize_obs({k: v[None] for k, v in x.items()}, stats)
+            action, _ = learner.predict(batch, deterministic=True)
+            action = action[0]
+        obs, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            break
+    return observations, labels
+
+
+def fit(policy: MultiInputActorCriticPolicy, data: list[dict[str, np.ndarray]],
+        actions: list[Any], stats: dict[str, Any], cfg: TrainConfig,
+        generator: torch.Generator, device: torch.device) -> float:
+    """Maximum-likelihood fit of the policy's action distribution; returns the last
+    epoch's mean negative log-likelihood."""
+    keys = list(data[0])
+    arrays = normalize_obs({k: np.stack([d[k] for d in data]) for k in keys}, stats)
+    tensors = {k: torch.as_tensor(v, device=device) for k, v in arrays.items()}
+    target = torch.as_tensor(np.asarray(actions), device=device)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.bc.learning_rate)
+    policy.set_training_mode(True)
+    n = len(data)
+    last = float("nan")
+    for _ in range(cfg.bc.epochs):
+        order = torch.randperm(n, generator=generator).to(device)
+        losses = []
+        for start in range(0, n, cfg.bc.batch_size):
+            idx = order[start:start + cfg.bc.batch_size]
+            batch = {k: v[idx] for k, v in tensors.items()}
+            _, log_prob, _ = policy.evaluate_actions(batch, target[idx])
+            loss = -log_prob.mean()
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        last = float(np.mean(losses))
+    policy.set_training_mode(False)
+    return last
+
+
+def train_bc(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> Any:
+    """Behaviour cloning (and DAgger) from the expert; see the module docstring.
+
+    Returns:
+        A :class:`agents.train.TrainResult` (``num_timesteps`` = labelled decisions).
+    """
+    from agents.train import TrainResult, resolve_device
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    env = build_env(cfg.env_id, cfg.action_mode, env_overrides(cfg))
+    assert isinstance(env.observation_space, spaces.Dict)
+    path = ObservationPath(cfg, env.observation_space, device)
+    expert = ExpertPolicy()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        policy = MultiInputActorCriticPolicy(
+            path.space, env.action_space, lambda _: cfg.bc.learning_rate,
+            net_arch=list(cfg.ppo.net_arch), **extractor_kwargs(cfg.obs, cfg.encoder, cfg.seed))
+    policy.to(device)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    data: list[dict[str, np.ndarray]] = []
+    actions: list[Any] = []
+    bar = tqdm(total=cfg.bc.episodes + cfg.bc.dagger_iterations * cfg.bc.dagger_episodes,
+               desc="bc episodes", disable=not progress)
+    first_seed: int | None = cfg.seed  # later resets draw train seeds
+    for _ in range(cfg.bc.episodes):
+        obs, acts = drive(env, path, expert, None, None, cfg.bc.max_steps, first_seed)
+        first_seed = None
+        data += obs
+        actions += acts
+        bar.update(1)
+    vector_keys = [k for k in path.space.spaces if k != "camera"]
+    stats = normalization_stats(data, vector_keys)
+    loss = fit(policy, data, actions, stats, cfg, generator, device)
+    for _ in range(cfg.bc.dagger_iterations):
+        for _ in range(cfg.bc.dagger_episodes):
+            obs, acts = drive(env, path, expert, policy, stats, cfg.bc.max_steps, None)
+            data += obs
+            actions += acts
+            bar.update(1)
+        stats = normalization_stats(data, vector_keys)
+        loss = fit(policy, data, actions, stats, cfg, generator, device)
+    bar.close()
+    env.close()
+    agent_dir = save_agent(out / "final", policy, cfg, None, algo="bc", normalization=stats,
+                           extra={"bc_samples": len(data), "bc_final_nll": loss})
+    return TrainResult(out, agent_dir, len(data), 0, (time.perf_counter() - start) / 60.0)

@@ -1,0 +1,146 @@
+"""Training configuration: one frozen dataclass per component, loaded from
+``configs/agents/*.yaml`` (unknown keys rejected with the valid ones)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import envs
+from common.config import ConfigError, load_config, require
+from envs.config import ACTION_MODES
+
+#: Observation paths (design brief section 5).
+OBS_PATHS = ("frozen", "finetune", "scratch", "privileged")
+#: Training algorithms.
+ALGOS = ("ppo", "sac", "bc")
+#: Action modes with a continuous action space (SAC needs one).
+CONTINUOUS_MODES = ("control", "trajectory")
+#: Training episodes draw their seeds from this range: the train split of
+#: :data:`evaluation.suites.SPLIT_SEED_RANGES` (validation and test suites start at 100000).
+TRAIN_SEED_RANGE = (0, 100_000)
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """stable-baselines3 PPO hyper-parameters (see its documentation)."""
+
+    n_steps: int = 128
+    batch_size: int = 64
+    n_epochs: int = 4
+    learning_rate: float = 3e-4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    net_arch: tuple[int, ...] = (256, 256)
+
+    def __post_init__(self) -> None:
+        require(self.n_steps >= 2 and self.batch_size >= 2, "ppo.n_steps and ppo.batch_size "
+                "must be >= 2")
+
+
+@dataclass(frozen=True)
+class SACConfig:
+    """stable-baselines3 SAC hyper-parameters."""
+
+    buffer_size: int = 50_000
+    learning_starts: int = 500
+    batch_size: int = 128
+    learning_rate: float = 3e-4
+    tau: float = 0.005
+    gamma: float = 0.99
+    train_freq: int = 1
+    gradient_steps: int = 1
+    net_arch: tuple[int, ...] = (256, 256)
+
+
+@dataclass(frozen=True)
+class BCConfig:
+    """Behaviour cloning from the expert (``algo: bc``).
+
+    Attributes:
+        episodes: Expert episodes recorded first.
+        max_steps: Decisions per episode at most.
+        dagger_iterations: DAgger rounds after plain BC (0: plain BC); each rolls out
+            the learner for ``dagger_episodes`` episodes, labels its states with the
+            expert and retrains on everything.
+        dagger_episodes: Learner episodes per DAgger round.
+        epochs: Passes over the data per fit.
+        batch_size: Minibatch size.
+        learning_rate: Adam learning rate.
+    """
+
+    episodes: int = 20
+    max_steps: int = 400
+    dagger_iterations: int = 0
+    dagger_episodes: int = 5
+    epochs: int = 20
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run.
+
+    Attributes:
+        env_id: ``Highway-v0`` or ``Urban-v0``.
+        action_mode: ``control``, ``behavior`` or ``trajectory``.
+        algo: ``ppo`` (any mode), ``sac`` (continuous modes) or ``bc``.
+        obs: Observation path: ``frozen`` (embeddings of a pretrained encoder computed once
+            per step for the batch), ``finetune`` (the encoder trained with the policy),
+            ``scratch`` (a Nature CNN from scratch with random-shift augmentation),
+            ``privileged`` (the state vector).
+        encoder: Encoder checkpoint directory (``frozen`` / ``finetune``); the default is
+            where ``bulletdrive pretrain`` writes it.
+        num_envs: Parallel envs (worker processes when > 1).
+        total_timesteps: Decisions to train for (PPO / SAC).
+        seed: Seed of the run (policy initialisation, sampling, episode seeds).
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        checkpoint_every_steps: Decisions between checkpoints.
+        env_overrides: Env config overrides (``key.sub=value``).
+        ppo / sac / bc: Algorithm settings.
+    """
+
+    env_id: str = "Highway-v0"
+    action_mode: Literal["control", "behavior", "trajectory"] = "behavior"
+    algo: Literal["ppo", "sac", "bc"] = "ppo"
+    obs: Literal["frozen", "finetune", "scratch", "privileged"] = "frozen"
+    encoder: str | None = "runs/pretrain/encoder"
+    num_envs: int = 2
+    total_timesteps: int = 20_000
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    checkpoint_every_steps: int = 2_048
+    env_overrides: tuple[str, ...] = ()
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    sac: SACConfig = field(default_factory=SACConfig)
+    bc: BCConfig = field(default_factory=BCConfig)
+
+    def __post_init__(self) -> None:
+        short = self.env_id.removeprefix("bulletdrive/")
+        if f"bulletdrive/{short}" not in envs.ENV_IDS:
+            raise ConfigError(f"env_id: unknown env id {self.env_id!r}; valid: "
+                              f"{', '.join(envs.ENV_IDS)}")
+        require(self.action_mode in ACTION_MODES, f"action_mode must be one of {ACTION_MODES}")
+        if self.algo == "sac" and self.action_mode not in CONTINUOUS_MODES:
+            raise ConfigError(f"algo 'sac' needs a continuous action mode "
+                              f"({', '.join(CONTINUOUS_MODES)}), not '{self.action_mode}'; "
+                              "use algo 'ppo' or 'bc' for behavior")
+        if self.obs in ("frozen", "finetune") and not self.encoder:
+            raise ConfigError(f"obs '{self.obs}' needs an encoder checkpoint: set "
+                              "encoder=<dir> (made by `bulletdrive pretrain`)")
+        require(self.num_envs >= 1 and self.total_timesteps >= 1,
+                "num_envs and total_timesteps must be >= 1")
+        require(self.checkpoint_every_steps >= 1, "checkpoint_every_steps must be >= 1")
+
+
+def load_train_config(source: str | Path | Mapping[str, Any] | None = None,
+                      overrides: Sequence[str] = ()) -> TrainConfig:
+    """Load a :class:`TrainConfig` from ``configs/agents/<name>.yaml``, a path or a mapping."""
+    return load_config(TrainConfig, source or "ppo_behavior", overrides, group="agents")

@@ -1,0 +1,149 @@
+"""Load a trained agent directory as a policy (``--agent runs/x/final``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from stable_baselines3.common.policies import MultiInputActorCriticPolicy
+from stable_baselines3.sac.policies import MultiInputPolicy as MultiInputSACPolicy
+
+from agents.extractors import extractor_kwargs
+from agents.saving import (
+    AGENT_FILE,
+    AGENT_FORMAT,
+    AGENT_FORMAT_VERSION,
+    WEIGHTS_FILE,
+    file_sha256,
+    normalize_obs,
+    space_from_json,
+)
+from perception.checkpoint import load_encoder
+
+
+class AgentLoadError(ValueError):
+    """An agent directory is missing, corrupt or does not match its encoder."""
+
+
+def read_agent_meta(path: str | Path) -> dict[str, Any]:
+    """Read and check ``agent.json`` of an agent directory."""
+    directory = Path(path)
+    meta_path = directory / AGENT_FILE
+    if not directory.is_dir() or not meta_path.is_file():
+        raise AgentLoadError(f"no agent at {directory} (expected {AGENT_FILE} and "
+                             f"{WEIGHTS_FILE}; train one with `bulletdrive train`)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AgentLoadError(f"corrupt {meta_path}: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != AGENT_FORMAT:
+        raise AgentLoadError(f"{meta_path} is not a bulletdrive agent description")
+    if int(meta.get("format_version", 0)) > AGENT_FORMAT_VERSION:
+        raise AgentLoadError(f"{meta_path} has format version {meta['format_version']}; this "
+                             f"package reads up to {AGENT_FORMAT_VERSION}")
+    return meta
+
+
+class TrainedPolicy:
+    """A trained SB3 policy (PPO, SAC or behaviour cloning) acting on single env
+    observations, with the observation path and normalisation it was trained with.
+
+    Args:
+        path: Agent directory (``<run>/final`` or ``<run>/checkpoint``'s sibling).
+        device: Torch device for the policy and the encoder.
+    """
+
+    def __init__(self, path: str | Path, device: str = "cpu") -> None:
+        directory = Path(path)
+        meta = read_agent_meta(directory)
+        self.meta = meta
+        self.name = str(directory)
+        self.obs_path: str = meta["obs"]
+        cfg = meta["config"]
+        weights = directory / WEIGHTS_FILE
+        if not weights.is_file():
+            raise AgentLoadError(f"no agent weights at {weights}")
+        if meta.get("weights_sha256") and file_sha256(weights) != meta["weights_sha256"]:
+            raise AgentLoadError(f"{weights} does not match the hash in {AGENT_FILE} "
+                                 "(corrupt or replaced file)")
+        encoder_ref = meta.get("encoder")
+        self.encoder = None
+        if encoder_ref:
+            enc_dir = Path(encoder_ref["path"])
+            enc_weights = enc_dir / "encoder.safetensors"
+            if encoder_ref.get("sha256") and (not enc_weights.is_file() or file_sha256(
+                    enc_weights) != encoder_ref["sha256"]):
+                raise AgentLoadError(f"the encoder checkpoint {enc_dir} does not match the one "
+                                     "this agent was trained with (missing or different "
+                                     "weights)")
+            if self.obs_path == "frozen":
+                self.encoder = load_encoder(enc_dir, device=device)
+        obs_space = space_from_json(meta["observation_space"])
+        act_space = space_from_json(meta["action_space"])
+        assert isinstance(obs_space, gym.spaces.Dict)
+        self.action_space = act_space
+        extractor = extractor_kwargs(self.obs_path, cfg.get("encoder"), int(cfg.get("seed", 0)))
+        if meta["algo"] == "sac":
+            assert isinstance(act_space, gym.spaces.Box)
+            self.policy: Any = MultiInputSACPolicy(
+                obs_space, act_space, lambda _: 0.0,
+                net_arch=list(cfg["sac"]["net_arch"]), **extractor)
+        else:
+            self.policy = MultiInputActorCriticPolicy(
+                obs_space, act_space, lambda _: 0.0,
+                net_arch=list(cfg["ppo"]["net_arch"]), **extractor)
+        try:
+            state = load_file(str(weights), device=device)
+        except (SafetensorError, OSError) as exc:
+            raise AgentLoadError(f"corrupt agent weights {weights}: {exc}") from None
+        try:
+            self.policy.load_state_dict(state)
+        except RuntimeError as exc:
+            raise AgentLoadError(f"agent weights {weights} do not fit the described "
+                                 f"policy: {str(exc).splitlines()[0]}") from None
+        self.policy.to(device)
+        self.policy.set_training_mode(False)
+        self.normalization = meta.get("normalization")
+
+    def reset(self, seed: int | None = None) -> None:
+        """Trained policies act deterministically; nothing to reset."""
+
+    def observation(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Turn one env observation into the policy's (batched, normalised) input."""
+        batch: dict[str, np.ndarray] = {}
+        if self.obs_path == "frozen":
+            assert self.encoder is not None
+            with torch.inference_mode():
+                emb = self.encoder(torch.from_numpy(np.ascontiguousarray(obs["camera"][None])))
+            batch["embedding"] = emb.float().cpu().numpy()
+        elif self.obs_path in ("finetune", "scratch"):
+            batch["camera"] = np.ascontiguousarray(np.transpose(obs["camera"], (2, 0, 1))[None])
+        for key in ("measurements", "state"):
+            if key in self.policy.observation_space.spaces:
+                batch[key] = np.asarray(obs[key], np.float32)[None]
+        if self.normalization:
+            batch = normalize_obs(batch, self.normalization)
+        return batch
+
+    def act(self, obs: dict[str, np.ndarray], env: gym.Env[Any, Any] | None = None) -> Any:
+        """The deterministic action for one observation."""
+        action, _ = self.policy.predict(self.observation(obs), deterministic=True)
+        action = np.asarray(action)[0]
+        if isinstance(self.action_space, gym.spaces.Discrete):
+            return int(action)
+        return action.astype(np.float32)
+
+
+def load_agent(path: str | Path, device: str = "cpu") -> TrainedPolicy:
+    """Load an agent directory written by ``bulletdrive train``.
+
+    Raises:
+        AgentLoadError: Missing, corrupt, or not matching its encoder checkpoint.
+    """
+    return TrainedPolicy(path, device)
