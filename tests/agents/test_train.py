@@ -1,0 +1,95 @@
+"""Training: config checks, exact resume, agents on disk, behaviour cloning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import pytest
+from safetensors.torch import load_file
+
+import envs  # noqa: F401  (registers the ids)
+from agents.config import TrainConfig, load_train_config
+from agents.load import AgentLoadError, load_agent
+from agents.train import train
+from common.config import ConfigError
+from perception.checkpoint import save_encoder
+from perception.encoders import EncoderConfig, build_encoder
+
+TINY = ["obs=privileged", "ppo.n_steps=16", "ppo.batch_size=16", "ppo.n_epochs=2",
+        "checkpoint_every_steps=1", "num_envs=1",
+        "env_overrides=[traffic.num_vehicles=4]"]
+
+
+def test_shipped_yaml_equals_defaults() -> None:
+    assert load_train_config() == TrainConfig()
+
+
+def test_bad_configs_are_rejected_with_the_choices() -> None:
+    with pytest.raises(ConfigError, match="algo 'sac' needs a continuous action mode"):
+        TrainConfig(algo="sac", action_mode="behavior", obs="privileged")
+    with pytest.raises(ConfigError, match="needs an encoder checkpoint"):
+        TrainConfig(obs="frozen", encoder=None)
+    with pytest.raises(ConfigError, match="unknown env id 'Moon-v0'"):
+        TrainConfig(env_id="Moon-v0", obs="privileged")
+    with pytest.raises(ConfigError, match="valid keys"):
+        load_train_config(overrides=["learning_rate=1"])
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path: Path) -> None:
+    full = load_train_config(overrides=[*TINY, "total_timesteps=48"])
+    part = load_train_config(overrides=[*TINY, "total_timesteps=16"])
+    train(full, tmp_path / "a", resume=False, progress=False)
+    train(part, tmp_path / "b", resume=False, progress=False)
+    result = train(full, tmp_path / "b", resume=True, progress=False)
+    assert result.resumed_from == 16 and result.num_timesteps == 48
+    a = load_file(str(tmp_path / "a" / "final" / "policy.safetensors"))
+    b = load_file(str(tmp_path / "b" / "final" / "policy.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert bool((a[key] == b[key]).all()), key
+    other = load_train_config(overrides=[*TINY, "total_timesteps=48", "ppo.learning_rate=0.01"])
+    with pytest.raises(ValueError, match="cannot resume: the run's config differs in ppo"):
+        train(other, tmp_path / "b", resume=True, progress=False)
+
+
+def test_trained_agent_loads_by_path_and_checks_its_files(tmp_path: Path) -> None:
+    enc_dir = save_encoder(tmp_path / "enc", build_encoder("nature_cnn"),
+                           EncoderConfig("nature_cnn"))
+    cfg = load_train_config(overrides=[
+        "obs=frozen", f"encoder={enc_dir}", "ppo.n_steps=8", "ppo.batch_size=8",
+        "ppo.n_epochs=1", "num_envs=1", "total_timesteps=8",
+        "env_overrides=[traffic.num_vehicles=2]"])
+    result = train(cfg, tmp_path / "run", resume=False, progress=False)
+    agent = load_agent(result.agent_dir)
+    env = gym.make("bulletdrive/Highway-v0", action_mode="behavior",
+                   overrides=["traffic.num_vehicles=2"])
+    obs, _ = env.reset(seed=200_000)
+    action = agent.act(obs, env)
+    assert env.action_space.contains(action)
+    env.close()
+    # The encoder checkpoint changed under the agent: refused.
+    save_encoder(enc_dir, build_encoder("nature_cnn"), EncoderConfig("nature_cnn"))
+    with pytest.raises(AgentLoadError, match="does not match the one this agent was trained"):
+        load_agent(result.agent_dir)
+    with pytest.raises(AgentLoadError, match="no agent at"):
+        load_agent(tmp_path / "missing")
+    (result.agent_dir / "agent.json").write_text("{not json")
+    with pytest.raises(AgentLoadError, match="corrupt"):
+        load_agent(result.agent_dir)
+
+
+def test_behaviour_cloning_with_dagger_writes_a_loadable_agent(tmp_path: Path) -> None:
+    cfg = load_train_config(overrides=[
+        "algo=bc", "obs=privileged", "bc.episodes=2", "bc.max_steps=20",
+        "bc.dagger_iterations=1", "bc.dagger_episodes=1", "bc.epochs=2"])
+    result = train(cfg, tmp_path / "bc", progress=False)
+    meta = json.loads((result.agent_dir / "agent.json").read_text())
+    assert meta["algo"] == "bc" and meta["bc_samples"] == result.num_timesteps >= 40
+    agent = load_agent(result.agent_dir)
+    env = gym.make("bulletdrive/Highway-v0", action_mode="behavior",
+                   overrides=["sensors.state=true", "sensors.camera=false"])
+    obs, _ = env.reset(seed=200_001)
+    assert 0 <= agent.act(obs, env) < 6
+    env.close()
