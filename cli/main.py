@@ -86,6 +86,18 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from evaluation.runner import evaluate, resolve_agent
+    from evaluation.suites import load_suite
+
+    agent = resolve_agent(args.agent)
+    suite = load_suite(args.suite, args.set)
+    result = evaluate(agent, suite, args.out, workers=args.workers, progress=not args.quiet)
+    print((result.out_dir / "metrics.md").read_text(), end="")
+    print(f"report: {result.out_dir / 'report.html'}")
+    return 0
+
+
 def _minutes(text: str) -> float:
     """argparse type: a number of minutes >= 0."""
     try:
@@ -103,7 +115,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     cfg = ProbeConfig(max_frames=args.max_frames)
     report = probe_checkpoints(args.encoder, args.data, args.out,
                                random_reference=not args.no_random_reference, seed=args.seed,
-                               config=cfg)
+                               config=cfg, quantize=args.quantize)
     print(report.to_markdown())
     return 0
 
@@ -190,7 +202,21 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--max-frames", type=_count, default=None,
                        help="frames per split at most")
     probe.add_argument("--seed", type=_seed, default=0, help="seed of the random reference")
+    probe.add_argument("--quantize", action="store_true",
+                       help="also probe int8-quantised copies and measure their speed")
     probe.set_defaults(func=_cmd_probe)
+
+    ev = sub.add_parser("eval", help="evaluate an agent on a suite; record episodes, report")
+    ev.add_argument("--agent", required=True, metavar="NAME_OR_PATH",
+                    help="built-in policy (expert, random, keep_lane) or saved agent path")
+    ev.add_argument("--suite", required=True, metavar="NAME_OR_YAML",
+                    help="suite name in configs/suites/ (e.g. highway-test) or YAML path")
+    ev.add_argument("--out", required=True, help="output folder (resumed if present)")
+    ev.add_argument("--workers", type=_count, default=2, help="parallel worker processes")
+    ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="suite override, e.g. episodes=5 or action_mode=behavior")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(func=_cmd_eval)
 
     bench = sub.add_parser("bench", help="measure env throughput")
     bench.add_argument("--json", action="store_true", help="print the figures as JSON")

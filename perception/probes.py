@@ -20,6 +20,7 @@ vehicle) are dropped for that label only. Everything is deterministic.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -435,6 +436,7 @@ class ProbeReport:
     train_split: str = "train"
     val_split: str = "val"
     embed_dims: dict[str, int] = field(default_factory=dict)
+    speed: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON data: per encoder, ``label -> {metric, value, n_train, n_val, ...}``."""
@@ -555,10 +557,26 @@ __all__ = [
 ]
 
 
+def embedding_speed(encoder: torch.nn.Module, frames: np.ndarray, batch_size: int = 256,
+                    repeats: int = 3) -> float:
+    """Frames per second of ``encoder`` on uint8 ``frames`` (best of ``repeats``)."""
+    import time
+
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for i in range(0, len(frames), batch_size):
+                encoder(torch.from_numpy(np.ascontiguousarray(frames[i:i + batch_size])))
+            best = min(best, time.perf_counter() - start)
+    return len(frames) / best
+
+
 def probe_checkpoints(checkpoints: Sequence[str | Path], root: str | Path,
                       out_dir: str | Path | None = None, *, random_reference: bool = True,
                       seed: int = 0, config: ProbeConfig | None = None,
-                      device: str | torch.device | None = None) -> ProbeReport:
+                      device: str | torch.device | None = None,
+                      quantize: bool = False) -> ProbeReport:
     """Probe encoder checkpoints, with a randomly initialised encoder of the first one's
     architecture as the reference row; write ``probes.json`` and ``probes.md``.
 
@@ -570,6 +588,8 @@ def probe_checkpoints(checkpoints: Sequence[str | Path], root: str | Path,
         seed: Seed of the random initialisation.
         config: Probe settings.
         device: Device to embed on (default: CUDA when available).
+        quantize: Also probe an int8 dynamically quantised copy of each checkpoint (CPU)
+            and measure the embedding speed of both (``speed`` in ``probes.json``).
 
     Raises:
         CheckpointError: For a missing, corrupt or mismatching checkpoint.
@@ -598,10 +618,32 @@ def probe_checkpoints(checkpoints: Sequence[str | Path], root: str | Path,
             reference = build_encoder(enc_cfg)
         freeze(reference)
         encoders["random_init"] = reference.to(dev)
+    speed: dict[str, dict[str, float]] = {}
+    if quantize:
+        from perception.quantize import quantize_dynamic_int8
+
+        frames = next(iter_frame_chunks(root, (config or ProbeConfig()).val_split, chunk=1024))
+        for name, enc in list(loaded.items()):
+            cpu = enc.to("cpu")
+            q = quantize_dynamic_int8(cpu)
+            encoders[f"{name}_int8"] = q
+            fp32_fps, int8_fps = embedding_speed(cpu, frames), embedding_speed(q, frames)
+            speed[name] = {"float32_frames_per_s": round(fp32_fps, 1),
+                           "int8_frames_per_s": round(int8_fps, 1),
+                           "speedup": round(int8_fps / fp32_fps, 3),
+                           "threads": torch.get_num_threads()}
     report = run_probes(encoders, root, config=config)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "probes.json", json.dumps(report.to_json(), indent=2))
-        atomic_write_text(out / "probes.md", report.to_markdown() + "\n")
-    return report
+        data = report.to_json()
+        if speed:
+            data["speed"] = speed
+        atomic_write_text(out / "probes.json", json.dumps(data, indent=2))
+        text = report.to_markdown()
+        for name, sp in speed.items():
+            text += (f"\n{name}: float32 {sp['float32_frames_per_s']} frames/s, int8 "
+                     f"{sp['int8_frames_per_s']} frames/s (x{sp['speedup']}, "
+                     f"{sp['threads']} threads)\n")
+        atomic_write_text(out / "probes.md", text)
+    return dataclasses.replace(report, speed=speed)

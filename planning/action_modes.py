@@ -160,9 +160,13 @@ class DecisionWrapper(gym.Wrapper[dict[str, NDArray[Any]], Any, dict[str, NDArra
         s, d0, slope0 = self.ego_relative_to(lane_id)
         speed = max(self.driving.state.speed_mps, 0.0)
         travel = speed * self.driving.dt * self.steps_per_decision
-        spans = lanes_ahead(rm, lane_id, s, transition_m + travel + PATH_MARGIN_M,
-                            self.driving.route)
-        return build_reference_path(rm, spans, d0, d1, transition_m, slope0)
+        needed = transition_m + travel + PATH_MARGIN_M
+        spans = lanes_ahead(rm, lane_id, s, needed, self.driving.route)
+        covered = sum(sp.s_to - sp.s_from for sp in spans)
+        # Past the end of a lane without successors, go on straight: the path must still
+        # have a look-ahead point (the ego then leaves the road, as it should).
+        return build_reference_path(rm, spans, d0, d1, transition_m, slope0,
+                                    extend_m=max(needed - covered, 0.0) + 5.0)
 
 
 class BehaviorWrapper(DecisionWrapper):

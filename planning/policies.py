@@ -206,7 +206,7 @@ class KeepLanePolicy:
         if self.tracker is None:
             self.tracker = PathTracker(driving.config.vehicle, driving.dt)
         spans = lanes_ahead(rm, lp.lane, lp.s, 60.0, driving.route)
-        path = build_reference_path(rm, spans, lp.d, 0.0, 20.0)
+        path = build_reference_path(rm, spans, lp.d, 0.0, 20.0, extend_m=60.0)
         return self.tracker.control(path, driving.state, self.speed_mps, 4.0)
 
 

@@ -183,7 +183,7 @@ def _turn_rad(lane: Lane, from_heading: float) -> float:
 
 def build_reference_path(road_map: RoadMap, spans: Sequence[LaneSpan], d0: float, d1: float,
                          transition_m: float, slope0: float = 0.0,
-                         spacing_m: float = 1.0) -> ReferencePath:
+                         spacing_m: float = 1.0, extend_m: float = 0.0) -> ReferencePath:
     """A path along ``spans`` whose lateral offset moves from ``d0`` to ``d1``.
 
     The offset follows :func:`quintic_offset` over the first ``transition_m`` metres
@@ -197,6 +197,8 @@ def build_reference_path(road_map: RoadMap, spans: Sequence[LaneSpan], d0: float
         transition_m: Transition length along the base line [m].
         slope0: Lateral slope at the start (see :func:`quintic_offset`).
         spacing_m: Sampling step [m].
+        extend_m: Straight continuation past the last span's end [m] (for lanes that end,
+            so that a path always has a look-ahead point).
     """
     pieces: list[FloatArray] = []
     base = 0.0
@@ -210,4 +212,11 @@ def build_reference_path(road_map: RoadMap, spans: Sequence[LaneSpan], d0: float
                                  slope0)
         pieces.append(ln.position(s, d))
         base += span.s_to - span.s_from
+    if extend_m > 0.0:
+        last = road_map.lane(spans[-1].lane)
+        heading = float(last.heading_at(spans[-1].s_to))
+        d_end = float(quintic_offset(base, d0, d1, max(transition_m, 1e-3), slope0)[0])
+        end = last.position(spans[-1].s_to, d_end)
+        t = np.arange(spacing_m, extend_m + spacing_m, spacing_m)
+        pieces.append(end + t[:, None] * np.array([np.cos(heading), np.sin(heading)]))
     return ReferencePath.from_points(np.concatenate(pieces))

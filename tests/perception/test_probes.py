@@ -246,3 +246,22 @@ def test_probe_with_nature_cnn(dataset: Path) -> None:
     assert row["lane_offset_m"].n_train == 80 and row["signal_state"].n_val == 80
     assert math.isfinite(row["lane_offset_m"].value)
     assert report.embed_dims["nature_cnn"] == 512
+
+
+def test_probe_checkpoints_with_random_reference_and_int8(dataset: Path, tmp_path: Path) -> None:
+    import json
+
+    from perception.checkpoint import save_encoder
+    from perception.encoders import EncoderConfig, build_encoder
+    from perception.probes import probe_checkpoints
+
+    ckpt = save_encoder(tmp_path / "run" / "encoder", build_encoder("nature_cnn"),
+                        EncoderConfig("nature_cnn"))
+    report = probe_checkpoints([ckpt], dataset, tmp_path / "out", quantize=True,
+                               config=ProbeConfig(labels=("lane_offset_m",)))
+    assert set(report.rows) == {"run", "run_int8", "random_init"}
+    fp32 = report.rows["run"]["lane_offset_m"].value
+    assert abs(report.rows["run_int8"]["lane_offset_m"].value - fp32) < 0.05
+    assert report.speed["run"]["int8_frames_per_s"] > 0
+    saved = json.loads((tmp_path / "out" / "probes.json").read_text())
+    assert "speed" in saved and (tmp_path / "out" / "probes.md").read_text().startswith("|")
