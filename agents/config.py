@@ -103,6 +103,8 @@ class TrainConfig:
         seed: Seed of the run (policy initialisation, sampling, episode seeds).
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         checkpoint_every_steps: Decisions between checkpoints.
+        max_minutes: Wall-clock budget of one invocation [min] (PPO/SAC stop at the
+            first step past it; ``None``: no limit).
         env_overrides: Env config overrides (``key.sub=value``).
         ppo / sac / bc: Algorithm settings.
     """
@@ -117,6 +119,7 @@ class TrainConfig:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every_steps: int = 2_048
+    max_minutes: float | None = None
     env_overrides: tuple[str, ...] = ()
     ppo: PPOConfig = field(default_factory=PPOConfig)
     sac: SACConfig = field(default_factory=SACConfig)

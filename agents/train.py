@@ -46,6 +46,8 @@ from agents.saving import (
 from common.config import to_dict
 from common.io import atomic_path, atomic_write_text
 
+#: Config keys a resumed run may change (budgets; they do not change what is learned).
+RESUME_FREE_KEYS = ("total_timesteps", "max_minutes", "checkpoint_every_steps")
 CHECKPOINT_DIR = "checkpoint"
 FINAL_DIR = "final"
 STATE_FILE = "train_state.json"
@@ -135,6 +137,17 @@ class DrivingMetricsCallback(BaseCallback):
             self.logger.record("rollout/collision_rate", float(np.mean(self.collided)))
         elapsed = max(time.perf_counter() - self._t0, 1e-9)
         self.logger.record("time/decisions_per_s", (self.num_timesteps - self._steps0) / elapsed)
+
+
+class TimeBudgetCallback(BaseCallback):
+    """Stops learning at the first step after ``minutes`` of wall-clock time."""
+
+    def __init__(self, minutes: float | None) -> None:
+        super().__init__()
+        self.deadline = None if minutes is None else time.perf_counter() + 60.0 * minutes
+
+    def _on_step(self) -> bool:
+        return self.deadline is None or time.perf_counter() < self.deadline
 
 
 class ResumeCheckpointCallback(BaseCallback):
@@ -266,7 +279,7 @@ def check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
     """A run resumes only with the config it was started with (the step budget aside)."""
     current = to_dict(cfg)
     diffs = sorted(k for k in set(saved) | set(current)
-                   if k != "total_timesteps" and saved.get(k) != current.get(k))
+                   if k not in RESUME_FREE_KEYS and saved.get(k) != current.get(k))
     if diffs:
         raise ValueError(f"cannot resume: the run's config differs in {', '.join(diffs)}; "
                          "use the same config, another --out, or --restart")
@@ -318,7 +331,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = True,
             venv.seed(cfg.seed)
         remaining = max(cfg.total_timesteps - done, 0)
         callbacks = CallbackList([DrivingMetricsCallback(),
-                                  ResumeCheckpointCallback(cfg, out, cfg.checkpoint_every_steps)])
+                                  ResumeCheckpointCallback(cfg, out, cfg.checkpoint_every_steps),
+                                  TimeBudgetCallback(cfg.max_minutes)])
         if remaining > 0:
             model.learn(remaining, callback=callbacks, progress_bar=progress,
                         reset_num_timesteps=done == 0, tb_log_name="run")

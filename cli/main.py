@@ -98,6 +98,23 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from agents.config import load_train_config
+    from agents.train import train
+
+    overrides = list(args.set)
+    if args.algo is not None:
+        overrides.append(f"algo={args.algo}")
+    if args.max_minutes is not None:
+        overrides.append(f"max_minutes={args.max_minutes}")
+    cfg = load_train_config(args.config, overrides)
+    result = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    print(json.dumps({"agent": str(result.agent_dir), "timesteps": result.num_timesteps,
+                      "resumed_from": result.resumed_from,
+                      "minutes": round(result.minutes, 2)}, indent=2))
+    return 0
+
+
 def _minutes(text: str) -> float:
     """argparse type: a number of minutes >= 0."""
     try:
@@ -191,6 +208,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="ignore an existing checkpoint in --out and start over")
     pre.add_argument("--quiet", action="store_true", help="no progress bar")
     pre.set_defaults(func=_cmd_pretrain)
+
+    tr = sub.add_parser("train", help="train a driving agent (PPO, SAC or behaviour cloning)")
+    tr.add_argument("--out", default="runs/train", help="run folder")
+    tr.add_argument("--config", default=None, help="train config name or YAML path")
+    tr.add_argument("--algo", choices=("ppo", "sac", "bc"), default=None,
+                    help="algorithm (default from the config)")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, e.g. obs=privileged or ppo.n_steps=256")
+    tr.add_argument("--max-minutes", type=_minutes, default=None,
+                    help="wall-clock budget of this invocation [min]")
+    tr.add_argument("--resume", action="store_true",
+                    help="continue from <out>/checkpoint (same config required)")
+    tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.set_defaults(func=_cmd_train)
 
     probe = sub.add_parser("probe", help="linear probes of frozen encoders on a dataset")
     probe.add_argument("--data", required=True, help="dataset folder (bulletdrive collect)")

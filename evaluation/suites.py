@@ -3,8 +3,9 @@
 A suite is a YAML file in ``configs/suites/`` (or any path) holding the fields of
 :class:`SuiteConfig`::
 
-    name: highway_test
+    name: highway-test
     env_id: bulletdrive/Highway-v0
+    action_mode: control
     split: test
     first_seed: 200000
     episodes: 20
@@ -12,6 +13,8 @@ A suite is a YAML file in ``configs/suites/`` (or any path) holding the fields o
     visual: {time_of_day: day, corruption: fog, severity: 3}
     max_steps: 1000
     overrides: [traffic.aggressive_fraction=0.2]
+
+Urban suites may also set ``num_pedestrians``.
 
 Seeds are disjoint between splits BY CONSTRUCTION: every split owns a half-open range of
 :data:`SPLIT_SEED_RANGES` and a suite whose episode seeds (or the map seeds they select,
@@ -58,12 +61,18 @@ SPLIT_SEED_RANGES: dict[str, tuple[int, int]] = {
 #: Valid ``visual.time_of_day`` values (those of ``envs.config.VisualConfig``).
 TIMES_OF_DAY: tuple[str, ...] = ("day", "dusk", "night")
 
+#: Valid ``action_mode`` values (those of ``envs.config.ACTION_MODES``; repeated here so
+#: that loading a suite does not import the whole env configuration).
+ACTION_MODES: tuple[str, ...] = ("control", "behavior", "trajectory")
+
 #: The ``configs/`` sub-folder holding shipped suites.
 SUITE_GROUP = "suites"
 
 #: Env config keys that a suite sets through a dedicated field, by field.
 _MANAGED_KEYS: dict[str, tuple[str, ...]] = {
     "num_vehicles": ("traffic.num_vehicles",),
+    "num_pedestrians": ("pedestrians.num_pedestrians",),
+    "action_mode": ("action.mode",),
     "max_steps": ("max_steps",),
     "visual.time_of_day": ("visual.time_of_day",),
     "visual.corruption": ("visual.corruption", "visual.corruption.name",
@@ -120,6 +129,8 @@ class SuiteConfig:
         description: Free text for reports.
         env_id: ``bulletdrive/Highway-v0`` or ``bulletdrive/Urban-v0`` (the short forms
             ``Highway-v0`` / ``Urban-v0`` are accepted and expanded).
+        action_mode: The agent's action interface: ``control``, ``behavior`` or
+            ``trajectory`` (env ``action.mode``; the runner applies the decision layer).
         split: ``train``, ``val`` or ``test``; all seeds must lie in its range of
             :data:`SPLIT_SEED_RANGES`.
         seeds: Explicit episode seeds (distinct).
@@ -127,6 +138,8 @@ class SuiteConfig:
         episodes: Number of consecutive seeds.
         num_vehicles: Traffic vehicles around the ego (env ``traffic.num_vehicles``);
             null keeps the env default.
+        num_pedestrians: Pedestrians at crossings (env ``pedestrians.num_pedestrians``,
+            ``Urban-v0`` only); null keeps the env default.
         visual: Time of day and camera corruption.
         max_steps: Episode step limit (env ``max_steps``); null keeps the env default.
         overrides: Further env overrides ``key.sub=value`` (applied last); keys set by the
@@ -136,11 +149,13 @@ class SuiteConfig:
     name: str = ""
     description: str = ""
     env_id: str = ""
+    action_mode: str = "control"
     split: str = ""
     seeds: tuple[int, ...] | None = None
     first_seed: int | None = None
     episodes: int | None = None
     num_vehicles: int | None = None
+    num_pedestrians: int | None = None
     visual: VisualCondition = field(default_factory=VisualCondition)
     max_steps: int | None = None
     overrides: tuple[str, ...] = ()
@@ -154,6 +169,9 @@ class SuiteConfig:
         require(env_id in ENV_IDS,
                 f"suite '{self.name}': key 'env_id' has invalid value {self.env_id!r}; "
                 f"valid choices: {', '.join(ENV_IDS)}")
+        require(self.action_mode in ACTION_MODES,
+                f"suite '{self.name}': key 'action_mode' has invalid value "
+                f"{self.action_mode!r}; valid choices: {', '.join(ACTION_MODES)}")
         require(self.split in SPLITS,
                 f"suite '{self.name}': key 'split' has invalid value {self.split!r}; "
                 f"valid choices: {', '.join(SPLITS)}")
@@ -161,6 +179,12 @@ class SuiteConfig:
         require(self.num_vehicles is None or 0 <= self.num_vehicles <= 200,
                 f"suite '{self.name}': num_vehicles must be null or in [0, 200], got "
                 f"{self.num_vehicles}")
+        require(self.num_pedestrians is None or 0 <= self.num_pedestrians <= 200,
+                f"suite '{self.name}': num_pedestrians must be null or in [0, 200], got "
+                f"{self.num_pedestrians}")
+        require(self.num_pedestrians is None or env_id.endswith("Urban-v0"),
+                f"suite '{self.name}': num_pedestrians applies to bulletdrive/Urban-v0 only "
+                f"(env_id is {env_id})")
         require(self.max_steps is None or self.max_steps >= 1,
                 f"suite '{self.name}': max_steps must be null or >= 1, got {self.max_steps}")
         self._check_overrides()
@@ -241,10 +265,16 @@ class SuiteConfig:
 
     def env_overrides(self) -> list[str]:
         """Env config overrides ``key.sub=value`` for this suite (dedicated fields first,
-        then ``overrides``)."""
+        then ``overrides``).
+
+        The action mode is not among them: :func:`planning.make.make_env` (or the
+        evaluation runner) sets ``action.mode`` when it applies the decision layer.
+        """
         out = []
         if self.num_vehicles is not None:
             out.append(f"traffic.num_vehicles={self.num_vehicles}")
+        if self.num_pedestrians is not None:
+            out.append(f"pedestrians.num_pedestrians={self.num_pedestrians}")
         if self.max_steps is not None:
             out.append(f"max_steps={self.max_steps}")
         out.extend(self.visual.env_overrides())
@@ -252,7 +282,8 @@ class SuiteConfig:
         return out
 
     def env_config(self) -> EnvConfig:
-        """The env's embedded default config with this suite's overrides, validated.
+        """The env's embedded default config with this suite's overrides and action mode,
+        validated.
 
         Raises:
             ConfigError: If an override names an unknown key or has a bad value.
@@ -261,7 +292,8 @@ class SuiteConfig:
 
         cls = HighwayEnvConfig if self.env_id.endswith("Highway-v0") else UrbanEnvConfig
         try:
-            return load_env_config(None, self.env_overrides(), cls)
+            return load_env_config(None, [*self.env_overrides(),
+                                          f"action.mode={self.action_mode}"], cls)
         except ConfigError as exc:
             raise ConfigError(f"suite '{self.name}': env override rejected: {exc}") from None
 
@@ -334,6 +366,7 @@ def _preview_text(items: Sequence[str], limit: int = 5) -> str:
 
 
 __all__ = [
+    "ACTION_MODES",
     "SPLITS",
     "SPLIT_SEED_RANGES",
     "TIMES_OF_DAY",
