@@ -139,9 +139,11 @@ class ExpertPolicy:
                 offset_lanes = (d_base - d_wanted) / float(base.width_at(s_b))
         speed = self._wanted_speed(driving, plan)
         lo, hi = cfg.horizon_s
+        # Lane changes over 3 s; otherwise the shortest horizon, to stay centred.
+        horizon = 3.0 if offset_lanes != 0.0 else lo
         return np.clip(np.array([offset_lanes / cfg.max_offset_lanes,
                                  2.0 * speed / cfg.max_speed_mps - 1.0,
-                                 2.0 * (3.0 - lo) / max(hi - lo, 1e-9) - 1.0], np.float32),
+                                 2.0 * (horizon - lo) / max(hi - lo, 1e-9) - 1.0], np.float32),
                        -1.0, 1.0)
 
 
