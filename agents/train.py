@@ -68,7 +68,9 @@ def build_vec_env(cfg: TrainConfig, device: torch.device) -> VecNormalize:
     from agents.shm_vec_env import SharedMemoryVecEnv
 
     fns = env_fns(cfg)
-    venv: VecEnv = SharedMemoryVecEnv(fns) if cfg.num_envs > 1 else DummyVecEnv(fns)
+    # The frozen path embeds frames before the next step, so zero-copy views are safe.
+    venv: VecEnv = (SharedMemoryVecEnv(fns, copy_obs=cfg.obs != "frozen")
+                    if cfg.num_envs > 1 else DummyVecEnv(fns))
     keys: list[str] = ["measurements"]
     if cfg.obs == "frozen":
         from agents.embedding_vec_env import EmbeddingVecEnv
