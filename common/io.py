@@ -24,6 +24,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp creates the file readable by its owner only; give it the permissions a
+        # normal open() would (0o666 less the umask), so reports can be shared or served.
+        umask = os.umask(0)
+        os.umask(umask)
+        if tmp.exists():
+            os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, target)
     finally:
         if tmp.exists():

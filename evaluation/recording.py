@@ -301,7 +301,8 @@ class RecordingWrapper(gym.Wrapper[dict[str, NDArray[Any]], NDArray[np.float32],
 
     Attributes:
         rows: The rows of the current episode (cleared by ``reset``).
-        reset_seed / reset_options: What the current episode was reset with.
+        reset_seed / reset_options: The current episode's seed (the env's drawn seed when
+            reset without one) and reset options.
     """
 
     def __init__(self, env: gym.Env[Any, Any]) -> None:
@@ -333,7 +334,9 @@ class RecordingWrapper(gym.Wrapper[dict[str, NDArray[Any]], NDArray[np.float32],
         """Reset the env and start a new recording."""
         obs, info = self.env.reset(seed=seed, options=options)
         self.rows = []
-        self.reset_seed = seed
+        # Without a seed the env draws one; everything random derives from it, so the
+        # drawn seed is what reproduces the episode.
+        self.reset_seed = int(self.driving.episode_seed)
         self.reset_options = dict(options or {})
         self.route_length_m = float(info["route_length_m"])
         self._policy_action = "null"

@@ -77,17 +77,23 @@ class AgentSpec:
     Calling it builds a fresh policy (each worker process builds its own).
 
     Attributes:
-        name: Agent name in reports (the built-in name, or the path's file name).
-        path: Saved agent (for ``agents.load.load_agent``).
+        name: Agent name in reports (the built-in name, or the path as given).
+        path: Saved agent directory (for ``agents.load.load_agent``).
         factory: Custom policy factory (module-level, so that workers can import it).
         camera: Whether the agent needs camera frames; None decides by kind (built-ins
             never look at them; saved and custom agents get them).
+        action_mode: The action mode the agent acts in, when known; a suite with another
+            mode is refused.
+        env_overrides: Env overrides of the agent's observation interface (applied after
+            the suite's), e.g. ``sensors.state=true`` for a privileged agent.
     """
 
     name: str
     path: str | None = None
     factory: Callable[[int | None], Policy] | None = None
     camera: bool | None = None
+    action_mode: str | None = None
+    env_overrides: tuple[str, ...] = ()
 
     @property
     def builtin(self) -> bool:
@@ -115,7 +121,7 @@ class AgentSpec:
 def _load_saved_agent(path: str) -> Policy:
     """Load a saved agent with ``agents.load.load_agent``, imported only when needed."""
     try:
-        from agents.load import load_agent  # type: ignore[import-not-found,unused-ignore]
+        from agents.load import load_agent
     except ImportError as exc:
         raise ValueError(f"cannot load agent from {path}: agents.load is not available "
                          f"({exc})") from None
@@ -128,19 +134,52 @@ def _load_saved_agent(path: str) -> Policy:
     return policy
 
 
+#: Prefixes of a saved agent's training env overrides that shape its observations (the
+#: suite decides everything else: world, traffic, visual conditions).
+OBSERVATION_KEYS: tuple[str, ...] = ("sensors.", "camera.")
+
+
+def _saved_agent_spec(path: Path, name: str) -> AgentSpec:
+    """An :class:`AgentSpec` for a saved agent, with its action mode and observation
+    settings read from its description (``agents.load.read_agent_meta``)."""
+    try:
+        from agents.load import read_agent_meta
+    except ImportError as exc:
+        raise ValueError(f"cannot load agent from {path}: agents.load is not available "
+                         f"({exc})") from None
+    try:
+        meta = read_agent_meta(path)
+    except Exception as exc:
+        raise ValueError(f"cannot load agent from {path}: {exc}") from exc
+    config = meta.get("config")
+    if not isinstance(config, dict):
+        config = {}
+    trained = [str(o) for o in config.get("env_overrides", ()) if str(o).startswith(
+        OBSERVATION_KEYS)]
+    privileged = meta.get("obs") == "privileged"
+    if privileged:  # the state vector instead of camera frames, as in training
+        trained += ["sensors.state=true", CAMERA_OFF]
+    mode = meta.get("action_mode")
+    return AgentSpec(name, str(path.resolve()), camera=not privileged,
+                     action_mode=mode if isinstance(mode, str) else None,
+                     env_overrides=tuple(trained))
+
+
 def resolve_agent(name_or_path: str | Path | AgentSpec) -> AgentSpec:
     """The agent factory for a built-in policy name or a saved agent's path.
 
     Args:
-        name_or_path: ``expert``, ``random``, ``keep_lane``, or an existing file or folder
-            written by the training code (loaded with ``agents.load.load_agent``).
+        name_or_path: ``expert``, ``random``, ``keep_lane``, or an existing agent
+            directory written by the training code (loaded with
+            ``agents.load.load_agent``; its action mode and observation settings come
+            from its description).
 
     Returns:
         A picklable :class:`AgentSpec`.
 
     Raises:
         ValueError: Neither a built-in name nor an existing path (the message lists the
-            names), or ``agents.load`` cannot be imported.
+            names), or a path that is not a loadable agent.
     """
     if isinstance(name_or_path, AgentSpec):
         return name_or_path
@@ -149,12 +188,7 @@ def resolve_agent(name_or_path: str | Path | AgentSpec) -> AgentSpec:
         return AgentSpec(text)
     path = Path(text)
     if path.exists():
-        try:
-            import agents.load  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
-        except ImportError as exc:
-            raise ValueError(f"cannot load agent from {path}: agents.load is not available "
-                             f"({exc})") from None
-        return AgentSpec(path.name or str(path), str(path.resolve()))
+        return _saved_agent_spec(path, str(path))
     raise ValueError(f"unknown agent {text!r}: not a built-in policy and no such file; valid "
                      f"names: {', '.join(POLICY_NAMES)}, or give the path of a saved agent")
 
@@ -163,9 +197,26 @@ def _suite(suite: SuiteConfig | str | Path) -> SuiteConfig:
     return suite if isinstance(suite, SuiteConfig) else load_suite(suite)
 
 
-def _agent_mode(policy: Policy) -> str | None:
+def _agent_mode(spec: AgentSpec, policy: Policy | None = None) -> str | None:
+    """The action mode an agent acts in, when it says so."""
+    if spec.action_mode is not None:
+        return spec.action_mode
     mode = getattr(policy, "action_mode", None)
     return mode if isinstance(mode, str) else None
+
+
+def check_action_mode(spec: AgentSpec, suite: SuiteConfig, policy: Policy | None = None
+                      ) -> None:
+    """Refuse a suite whose action mode is not the agent's.
+
+    Raises:
+        ValueError: Naming both modes and the suite override that fixes it.
+    """
+    mode = _agent_mode(spec, policy)
+    if mode is not None and mode != suite.action_mode:
+        raise ValueError(f"agent '{spec.name}' acts in the '{mode}' action mode but suite "
+                         f"'{suite.name}' uses '{suite.action_mode}'; set the suite's "
+                         f"action_mode (e.g. --set action_mode={mode})")
 
 
 # ---------------------------------------------------------------------- one episode
@@ -182,10 +233,11 @@ class EpisodeResult:
 def run_overrides(agent: AgentSpec, suite: SuiteConfig,
                   extra: Sequence[str] = ()) -> list[str]:
     """Env overrides of an agent's episodes: the suite's, camera off for camera-free
-    agents, then ``extra``."""
+    agents, the agent's observation settings, then ``extra``."""
     out = list(suite.env_overrides())
     if not agent.uses_camera:
         out.append(CAMERA_OFF)
+    out.extend(agent.env_overrides)
     out.extend(extra)
     return out
 
@@ -237,12 +289,9 @@ def run_episode(agent: AgentSpec | str, suite: SuiteConfig | str, seed: int,
     cfg = _suite(suite)
     out = Path(out_path)
     env_overrides = run_overrides(spec, cfg, overrides)
+    check_action_mode(spec, cfg)
     policy = spec(seed)
-    mode = _agent_mode(policy)
-    if mode is not None and mode != cfg.action_mode:
-        raise ValueError(f"agent '{spec.name}' acts in the '{mode}' action mode but suite "
-                         f"'{cfg.name}' uses '{cfg.action_mode}'; set the suite's "
-                         f"action_mode (e.g. --set action_mode={mode})")
+    check_action_mode(spec, cfg, policy)
     bare = envs.make(cfg.env_id, overrides=[*env_overrides, f"action.mode={cfg.action_mode}"])
     try:
         recorder = RecordingWrapper(bare)
@@ -256,7 +305,7 @@ def run_episode(agent: AgentSpec | str, suite: SuiteConfig | str, seed: int,
             expert = own_progress  # the expert's own run is the reference
         else:
             folder = Path(cache_dir) if cache_dir is not None else _default_cache_dir(out)
-            expert = cached_expert_progress(cfg, seed, folder, options)
+            expert = cached_expert_progress(cfg, seed, folder, options, overrides)
     meta = recorder.episode_metadata(
         env_id=cfg.env_id, agent=spec.name, suite=cfg.name, expert_progress_m=expert,
         extra={"env_overrides": env_overrides, "agent_path": spec.path})
@@ -272,25 +321,28 @@ def _default_cache_dir(out_path: Path) -> Path:
 
 
 # ---------------------------------------------------------------------- expert progress
-def expert_overrides(suite: SuiteConfig) -> list[str]:
-    """Env overrides of the reference expert runs (control mode, camera off)."""
-    return [*suite.env_overrides(), "action.mode=control", CAMERA_OFF]
+def expert_overrides(suite: SuiteConfig, extra: Sequence[str] = ()) -> list[str]:
+    """Env overrides of the reference expert runs: the suite's and ``extra`` (the same
+    world as the agent's), control mode, camera off."""
+    return [*suite.env_overrides(), *extra, "action.mode=control", CAMERA_OFF]
 
 
-def expert_progress(suite: SuiteConfig, seed: int,
-                    options: Mapping[str, Any] | None = None) -> float:
+def expert_progress(suite: SuiteConfig, seed: int, options: Mapping[str, Any] | None = None,
+                    overrides: Sequence[str] = ()) -> float:
     """Route progress [m] of the rule-based expert on one seed of a suite (control mode,
-    camera off, no recording)."""
-    env: DrivingEnv = envs.make(suite.env_id, overrides=expert_overrides(suite))
+    camera off, no recording); ``overrides`` go after the suite's."""
+    env: DrivingEnv = envs.make(suite.env_id, overrides=expert_overrides(suite, overrides))
     try:
         return _drive(env, None, make_policy("expert", seed), seed, options)
     finally:
         env.close()
 
 
-def _fingerprint(suite: SuiteConfig, options: Mapping[str, Any] | None) -> str:
+def _fingerprint(suite: SuiteConfig, options: Mapping[str, Any] | None,
+                 overrides: Sequence[str]) -> str:
     """What the expert's progress depends on: env, settings, options and code version."""
-    text = json.dumps({"env_id": suite.env_id, "overrides": expert_overrides(suite),
+    text = json.dumps({"env_id": suite.env_id,
+                       "overrides": expert_overrides(suite, overrides),
                        "options": dict(options or {}), "version": package_version()},
                       sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -317,20 +369,21 @@ def _read_cache(path: Path) -> dict[str, Any]:
 
 
 def cached_expert_progress(suite: SuiteConfig, seed: int, folder: str | Path,
-                           options: Mapping[str, Any] | None = None) -> float:
+                           options: Mapping[str, Any] | None = None,
+                           overrides: Sequence[str] = ()) -> float:
     """:func:`expert_progress`, cached per seed in ``folder/expert_progress.json``.
 
     An entry whose env settings differ from ``suite``'s (another fingerprint) is
     recomputed. The cache is updated under a file lock and written atomically.
     """
     path = Path(folder) / EXPERT_CACHE
-    key, fp = str(seed), _fingerprint(suite, options)
+    key, fp = str(seed), _fingerprint(suite, options, overrides)
     with _locked(path.parent):
         entry = _read_cache(path).get(key)
     if isinstance(entry, dict) and entry.get("fingerprint") == fp \
             and isinstance(entry.get("expert_progress_m"), int | float):
         return float(entry["expert_progress_m"])
-    value = expert_progress(suite, seed, options)  # outside the lock: the slow part
+    value = expert_progress(suite, seed, options, overrides)  # outside the lock: slow
     with _locked(path.parent):
         data = _read_cache(path)
         data[key] = {"expert_progress_m": value, "fingerprint": fp}
@@ -483,6 +536,7 @@ def evaluate(agent: AgentSpec | str | Path, suite: SuiteConfig | str | Path,
         raise ValueError(f"workers must be a whole number >= 1, got {workers!r}")
     spec = resolve_agent(agent)
     cfg = _suite(suite)
+    check_action_mode(spec, cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _clean_temporaries(out)
@@ -526,6 +580,7 @@ __all__ = [
     "AgentSpec",
     "EpisodeResult",
     "cached_expert_progress",
+    "check_action_mode",
     "episode_path",
     "evaluate",
     "expert_progress",

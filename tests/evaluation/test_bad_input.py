@@ -107,7 +107,7 @@ def test_malformed_episode_files(expert_smoke: EvalResult, tmp_path: Path) -> No
     with pytest.raises(EpisodeFileError, match="format version 2, newer .*upgrade"):
         load_episode(newer)
     assert issubclass(EpisodeFileError, ValueError)
-    with pytest.raises(EpisodeFileError, match="text.parquet"):
+    with pytest.raises(EpisodeFileError, match="empty.parquet. is not a readable"):
         load_episodes(tmp_path)  # a folder with a bad file names it
     (tmp_path / "empty").mkdir()
     with pytest.raises(EpisodeFileError, match="no episode files"):

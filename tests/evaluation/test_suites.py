@@ -10,6 +10,7 @@ import pytest
 
 from common.config import ConfigError, from_dict
 from evaluation.suites import (
+    ACTION_MODES,
     SPLIT_SEED_RANGES,
     TIMES_OF_DAY,
     SuiteConfig,
@@ -18,7 +19,7 @@ from evaluation.suites import (
     load_suite,
 )
 
-SHIPPED = ("highway_test", "urban_test", "highway_val", "highway_test_fog")
+SHIPPED = ("highway-test", "urban-test", "urban-night-fog", "highway-val", "smoke")
 
 
 def suite(**fields: object) -> SuiteConfig:
@@ -35,19 +36,49 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_shipped_suites_load_and_are_disjoint() -> None:
-    assert set(SHIPPED) <= set(list_suites())
-    suites = [load_suite(name) for name in SHIPPED]
-    for s in suites:
+    assert set(SHIPPED) == set(list_suites())
+    suites = {name: load_suite(name) for name in SHIPPED}
+    for name, s in suites.items():
+        assert s.name == name and s.action_mode == "control"
         low, high = SPLIT_SEED_RANGES[s.split]
         seeds = s.episode_seeds()
-        assert len(seeds) == 20 and all(low <= x < high for x in seeds)
-    check_disjoint(suites)
-    fog = load_suite("highway_test_fog")
-    assert fog.split == "test"
-    assert "visual.corruption.name=fog" in fog.env_overrides()
-    assert fog.episode_seeds() == load_suite("highway_test").episode_seeds()
-    assert load_suite("urban_test").env_id == "bulletdrive/Urban-v0"
-    assert load_suite("highway_val").split == "val"
+        assert len(seeds) == (2 if name == "smoke" else 20)
+        assert all(low <= x < high for x in seeds)
+    check_disjoint(suites.values())
+    fog = suites["urban-night-fog"]
+    assert fog.split == "test" and fog.env_id == "bulletdrive/Urban-v0"
+    assert {"visual.time_of_day=night", "visual.corruption.name=fog"} <= set(
+        fog.env_overrides())
+    assert fog.episode_seeds() == suites["urban-test"].episode_seeds()
+    assert suites["urban-test"].num_pedestrians == 10
+    assert "pedestrians.num_pedestrians=10" in suites["urban-test"].env_overrides()
+    assert suites["highway-val"].split == "val"
+    smoke = suites["smoke"]
+    assert (smoke.env_id, smoke.split, smoke.max_steps) == ("bulletdrive/Highway-v0", "test", 60)
+    others = {x for n, s in suites.items() if n != "smoke" for x in s.episode_seeds()}
+    assert not others & set(smoke.episode_seeds())  # seeds of its own
+
+
+def test_action_mode_and_pedestrians() -> None:
+    from envs.config import ACTION_MODES as ENV_ACTION_MODES
+
+    assert ENV_ACTION_MODES == ACTION_MODES
+    s = suite(env_id="Urban-v0", action_mode="behavior", num_pedestrians=4)
+    assert s.env_overrides() == ["pedestrians.num_pedestrians=4"]
+    cfg = s.env_config()
+    assert cfg.action.mode == "behavior" and cfg.pedestrians.num_pedestrians == 4
+    with pytest.raises(ConfigError, match="'action_mode' has invalid value 'steering'; valid "
+                                          "choices: control, behavior, trajectory"):
+        suite(action_mode="steering")
+    with pytest.raises(ConfigError, match="num_pedestrians applies to bulletdrive/Urban-v0 only"):
+        suite(num_pedestrians=3)
+    with pytest.raises(ConfigError, match=r"num_pedestrians must be null or in \[0, 200\]"):
+        suite(env_id="Urban-v0", num_pedestrians=-1)
+    with pytest.raises(ConfigError, match="repeat the suite field 'action_mode'"):
+        suite(overrides=["action.mode=behavior"])
+    with pytest.raises(ConfigError, match="repeat the suite field 'num_pedestrians'"):
+        suite(env_id="Urban-v0", num_pedestrians=2, overrides=["pedestrians.num_pedestrians=3"])
+    assert load_suite("smoke", ["action_mode=trajectory"]).action_mode == "trajectory"
 
 
 def test_env_overrides_reach_the_env_config() -> None:
@@ -112,7 +143,7 @@ def test_check_disjoint_catches_shared_seeds(monkeypatch: pytest.MonkeyPatch) ->
 
 @pytest.mark.parametrize(("text", "message"), [
     ("env_id: bulletdrive/Highway-v0\nsplit: test\nepisodes: 2\ncolour: red\n",
-     "unknown config key 'colour'; valid keys: description, env_id, episodes"),
+     "unknown config key 'colour'; valid keys: action_mode, description, env_id"),
     ("env_id: bulletdrive/Highway-v0\nsplit: test\nepisodes: ten\n",
      "config key 'episodes' must be int or null, got 'ten'"),
     ("env_id: Racing-v0\nsplit: test\nepisodes: 2\n",
@@ -148,7 +179,7 @@ def test_load_suite_from_path_with_overrides(tmp_path: Path) -> None:
 
 
 def test_unknown_suite_name_lists_shipped() -> None:
-    with pytest.raises(ConfigError, match="valid names: .*highway_test"):
+    with pytest.raises(ConfigError, match="valid names: .*highway-test"):
         load_suite("no_such_suite")
 
 
