@@ -9,6 +9,7 @@ from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
+from stable_baselines3.common.monitor import Monitor
 
 from agents.config import TRAIN_SEED_RANGE, TrainConfig
 from planning.make import make_env
@@ -90,9 +91,10 @@ def env_overrides(cfg: TrainConfig) -> list[str]:
 
 
 def build_env(env_id: str, action_mode: str, overrides: Sequence[str]) -> gym.Env[Any, Any]:
-    """One training env: driving env + action mode + train seeds + action log."""
-    return ActionLog(TrainSeeds(make_env(env_id, action_mode=action_mode,
-                                         overrides=list(overrides))))
+    """One training env: driving env + action mode + episode statistics (SB3 ``Monitor``:
+    reward and length in TensorBoard) + train seeds + action log."""
+    return ActionLog(TrainSeeds(Monitor(make_env(env_id, action_mode=action_mode,
+                                                 overrides=list(overrides)))))
 
 
 def env_fns(cfg: TrainConfig) -> list[Callable[[], gym.Env[Any, Any]]]:

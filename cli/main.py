@@ -30,6 +30,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             raise ConfigError("--compare highway-env needs highway-env: "
                               "pip install highway-env (or: make bench)") from None
     results = run_bench(steps=args.steps, compare=args.compare)
+    if args.workers:
+        from agents.rollout_bench import bench_rollouts
+
+        results["rollouts"] = bench_rollouts(tuple(args.workers), steps=args.rollout_steps,
+                                             device=args.device)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -51,13 +56,26 @@ def _cmd_snapshot(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from envs.snapshot import drive_episode
-    from planning.expert import Expert
+    from evaluation.demo import run_demo
 
-    summary = drive_episode(args.out, env_id=args.env, seed=args.seed, max_steps=args.steps,
-                            overrides=args.set, policy=Expert().act)
-    print(json.dumps(summary, indent=2))
+    summary = run_demo(args.out, scale=args.scale, seed=args.seed, video_steps=args.steps,
+                       progress=not args.quiet)
+    print(summary["probes"])
+    print(summary["comparison"])
+    print(json.dumps({k: summary[k] for k in ("reports", "video", "timings_s",
+                                              "total_minutes")}, indent=2))
     return 0
+
+
+def _scale(text: str) -> float:
+    """argparse type: a budget factor in (0, 10]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 10], got {text!r}") from None
+    if not 0.0 < value <= 10.0:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 10], got {value}")
+    return value
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
@@ -176,8 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bulletdrive", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="drive one episode with the expert; write a video")
-    _env_arguments(demo, "out/demo", 300, "step limit")
+    demo = sub.add_parser("demo", help="the whole stack: collect, pretrain, probe, train, "
+                          "evaluate beside the expert and random, video")
+    demo.add_argument("--out", default="out/demo", help="output folder (resumed if present)")
+    demo.add_argument("--seed", type=_seed, default=0, help="seed of the runs and the video")
+    demo.add_argument("--steps", type=_count, default=300, help="steps of the video episode")
+    demo.add_argument("--scale", type=_scale, default=1.0,
+                      help="multiply every budget (episodes, minutes) by this")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
 
     snap = sub.add_parser("snapshot", help="save camera and bird's-eye frames as PNG")
@@ -254,6 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=_count, default=1000, help="steps per measurement")
     bench.add_argument("--compare", action="append", default=[], metavar="NAME",
                        help=f"also measure another simulator: {', '.join(COMPARE_CHOICES)}")
+    bench.add_argument("--workers", type=_count, nargs="*", default=[1, 2, 4],
+                       help="rollout worker counts to measure with the frozen encoder path "
+                            "(none: skip)")
+    bench.add_argument("--rollout-steps", type=_count, default=200,
+                       help="vector steps per rollout measurement")
+    bench.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                       help="device of the rollout encoder")
     bench.set_defaults(func=_cmd_bench)
     return parser
 

@@ -22,19 +22,27 @@ def test_snapshot_writes_pngs(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert not list(tmp_path.glob(".*.tmp*"))  # no temporary files left behind
 
 
-def test_demo_writes_video(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["demo", "--out", str(tmp_path), "--steps", "12",
-                 "--set", "traffic.num_vehicles=4"])
+def test_demo_runs_the_whole_stack_at_a_small_scale(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["demo", "--out", str(tmp_path), "--steps", "12", "--scale", "0.05",
+                 "--quiet"])
     assert code == 0
-    summary = json.loads(capsys.readouterr().out)
-    assert summary["steps"] == 12
-    cap = cv2.VideoCapture(str(tmp_path / "episode.mp4"))
+    out = capsys.readouterr().out
+    assert "random_init" in out  # the probe table
+    table = (tmp_path / "comparison.md").read_text()
+    for agent in ("expert", "random", str(tmp_path / "train" / "final")):
+        assert f"| {agent} | demo |" in table
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    for report in summary["reports"]:
+        assert Path(report).is_file()
+    assert (tmp_path / "train" / "final" / "policy.safetensors").is_file()
+    cap = cv2.VideoCapture(summary["video"])
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
     cap.release()
 
 
 def test_bench_json(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "--json", "--steps", "20"]) == 0
+    assert main(["bench", "--json", "--steps", "20", "--workers"]) == 0
     out = json.loads(capsys.readouterr().out)
     cam = out["highway_camera"]
     for key in ("steps_per_s", "ms_per_frame", "ms_per_physics_substep", "ms_per_traffic_update"):
