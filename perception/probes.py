@@ -42,6 +42,8 @@ from perception.dataset import (
 DEFAULT_PROBE_LABELS: tuple[str, ...] = (
     "lane_offset_m", "heading_error_rad", "lead_distance_m", "speed_mps", "signal_state",
     "route_command")
+#: Smallest feature scale used for standardisation, relative to the median feature scale.
+SCALE_FLOOR = 0.05
 #: Ridge strengths tried (relative to the mean squared error on standardised features).
 DEFAULT_ALPHAS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
 
@@ -120,9 +122,13 @@ class _RidgePath:
         scale = X.std(axis=0)
         # Constant features carry no information; a unit scale keeps them at zero.
         scale[scale < 1e-12] = 1.0
-        self.scale = scale
+        # Nearly constant features (a ReLU unit that fires on a handful of training
+        # frames) would be blown up by standardisation and swamp the prediction on
+        # frames where they fire; floor their scale at a fraction of the typical one.
+        typical = float(np.median(scale))
+        self.scale = np.maximum(scale, SCALE_FLOOR * typical)
         self.y_mean = Y.mean(axis=0)
-        Xs = (X - self.mean) / scale
+        Xs = (X - self.mean) / self.scale
         Yc = Y - self.y_mean
         self.n = n
         self.dual = n < X.shape[1]
