@@ -105,6 +105,9 @@ class TrainConfig:
         checkpoint_every_steps: Decisions between checkpoints.
         max_minutes: Wall-clock budget of one invocation [min] (PPO/SAC stop at the
             first step past it; ``None``: no limit).
+        init_from: Agent directory whose policy weights and observation statistics start
+            the run (e.g. a behaviour-cloning agent with the same observation path and
+            action mode, to fine-tune it with PPO); ``None``: random initialisation.
         env_overrides: Env config overrides (``key.sub=value``).
         ppo / sac / bc: Algorithm settings.
     """
@@ -120,6 +123,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every_steps: int = 2_048
     max_minutes: float | None = None
+    init_from: str | None = None
     env_overrides: tuple[str, ...] = ()
     ppo: PPOConfig = field(default_factory=PPOConfig)
     sac: SACConfig = field(default_factory=SACConfig)

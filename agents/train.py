@@ -277,6 +277,37 @@ def restore_training_state(directory: Path, model: BaseAlgorithm) -> int:
     return model.num_timesteps
 
 
+def initialise_from(model: BaseAlgorithm, venv: VecNormalize, agent_dir: Path,
+                    cfg: TrainConfig) -> None:
+    """Start from another agent's policy weights and observation statistics.
+
+    Raises:
+        ValueError: The agent was trained with another observation path or action mode,
+            or its network does not fit.
+    """
+    from agents.load import read_agent_meta
+
+    meta = read_agent_meta(agent_dir)
+    if meta["obs"] != cfg.obs or meta["action_mode"] != cfg.action_mode:
+        raise ValueError(f"init_from {agent_dir}: it was trained with obs '{meta['obs']}' and "
+                         f"action mode '{meta['action_mode']}', this run uses '{cfg.obs}' and "
+                         f"'{cfg.action_mode}'")
+    try:
+        model.policy.load_state_dict(load_file(str(agent_dir / WEIGHTS_FILE)))
+    except RuntimeError as exc:
+        raise ValueError(f"init_from {agent_dir}: its network does not fit this run's "
+                         f"policy ({str(exc).splitlines()[0]})") from None
+    stats = meta.get("normalization")
+    if stats:
+        obs_rms = venv.obs_rms
+        assert isinstance(obs_rms, dict)
+        for key, s in stats["obs"].items():
+            if key in obs_rms:
+                obs_rms[key].mean = np.asarray(s["mean"], np.float64)
+                obs_rms[key].var = np.asarray(s["var"], np.float64)
+                obs_rms[key].count = float(s["count"])
+
+
 def check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
     """A run resumes only with the config it was started with (the step budget aside)."""
     current = to_dict(cfg)
@@ -331,6 +362,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = True,
             done = restore_training_state(ckpt, model)
         else:
             venv.seed(cfg.seed)
+            if cfg.init_from:
+                initialise_from(model, venv, Path(cfg.init_from), cfg)
         remaining = max(cfg.total_timesteps - done, 0)
         callbacks = CallbackList([DrivingMetricsCallback(),
                                   ResumeCheckpointCallback(cfg, out, cfg.checkpoint_every_steps),

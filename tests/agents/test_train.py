@@ -93,3 +93,18 @@ def test_behaviour_cloning_with_dagger_writes_a_loadable_agent(tmp_path: Path) -
     obs, _ = env.reset(seed=200_001)
     assert 0 <= agent.act(obs, env) < 6
     env.close()
+
+
+def test_ppo_starts_from_a_behaviour_cloning_agent(tmp_path: Path) -> None:
+    bc = train(load_train_config(overrides=[
+        "algo=bc", "obs=privileged", "bc.episodes=1", "bc.max_steps=20", "bc.epochs=1"]),
+        tmp_path / "bc", progress=False)
+    result = train(load_train_config(overrides=[*TINY, "total_timesteps=16",
+                                                f"init_from={bc.agent_dir}"]),
+                   tmp_path / "ppo", resume=False, progress=False)
+    assert result.num_timesteps == 16
+    with pytest.raises(ValueError, match="init_from .* it was trained with obs 'privileged'"):
+        train(load_train_config(overrides=[
+            "obs=scratch", "num_envs=1", "total_timesteps=8", "ppo.n_steps=8",
+            "ppo.batch_size=8", f"init_from={bc.agent_dir}"]),
+            tmp_path / "bad", resume=False, progress=False)
