@@ -25,7 +25,12 @@ TRAIN_SEED_RANGE = (0, 100_000)
 
 @dataclass(frozen=True)
 class PPOConfig:
-    """stable-baselines3 PPO hyper-parameters (see its documentation)."""
+    """stable-baselines3 PPO hyper-parameters (see its documentation).
+
+    ``value_warmup_steps``: with ``init_from``, train only the value function for this many
+    decisions first, so that the starting policy is not pushed around by advantages from
+    an untrained critic.
+    """
 
     n_steps: int = 128
     batch_size: int = 64
@@ -38,8 +43,10 @@ class PPOConfig:
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     net_arch: tuple[int, ...] = (256, 256)
+    value_warmup_steps: int = 0
 
     def __post_init__(self) -> None:
+        require(self.value_warmup_steps >= 0, "ppo.value_warmup_steps must be >= 0")
         require(self.n_steps >= 2 and self.batch_size >= 2, "ppo.n_steps and ppo.batch_size "
                 "must be >= 2")
 

@@ -133,7 +133,7 @@ def save_agent(directory: str | Path, model: Any, cfg: Any, venv: VecNormalize |
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     policy = model.policy if hasattr(model, "policy") else model
-    tensors = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
+    tensors = {k: v.detach().cpu().clone() for k, v in policy.state_dict().items()}
     with atomic_path(out / WEIGHTS_FILE) as tmp:
         save_file(tensors, str(tmp))
     meta = {

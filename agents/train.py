@@ -30,7 +30,12 @@ from safetensors.torch import load_file, save_file
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
+from stable_baselines3.common.vec_env import (
+    DummyVecEnv,
+    VecEnv,
+    VecNormalize,
+    unwrap_vec_normalize,
+)
 
 from agents.config import TrainConfig
 from agents.env_factory import env_fns
@@ -148,8 +153,12 @@ class TimeBudgetCallback(BaseCallback):
         super().__init__()
         self.deadline = None if minutes is None else time.perf_counter() + 60.0 * minutes
 
+    def expired(self) -> bool:
+        """Whether the budget is spent."""
+        return self.deadline is not None and time.perf_counter() >= self.deadline
+
     def _on_step(self) -> bool:
-        return self.deadline is None or time.perf_counter() < self.deadline
+        return not self.expired()
 
 
 class ResumeCheckpointCallback(BaseCallback):
@@ -193,7 +202,7 @@ def save_training_state(directory: Path, model: BaseAlgorithm, cfg: TrainConfig)
     statistics and each env's episode seed and actions so far.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    tensors: dict[str, torch.Tensor] = {f"policy.{k}": v.detach().cpu().contiguous()
+    tensors: dict[str, torch.Tensor] = {f"policy.{k}": v.detach().cpu().clone()
                                         for k, v in model.policy.state_dict().items()}
     scalars: dict[str, Any] = {}
     for name, opt in _optimizers(model).items():
@@ -201,7 +210,7 @@ def save_training_state(directory: Path, model: BaseAlgorithm, cfg: TrainConfig)
         for idx, entries in state["state"].items():
             for key, value in entries.items():
                 if isinstance(value, torch.Tensor):
-                    tensors[f"optim.{name}.{idx}.{key}"] = value.detach().cpu().contiguous()
+                    tensors[f"optim.{name}.{idx}.{key}"] = value.detach().cpu().clone()
                 else:
                     scalars[f"{name}.{idx}.{key}"] = value
         scalars[f"{name}.param_groups"] = [
@@ -214,8 +223,10 @@ def save_training_state(directory: Path, model: BaseAlgorithm, cfg: TrainConfig)
     for key, value in last_obs.items():
         tensors[f"last_obs.{key}"] = torch.from_numpy(np.ascontiguousarray(value))
     tensors["rng.torch"] = torch.get_rng_state()
-    venv = model.get_env()
-    assert isinstance(venv, VecNormalize)
+    top = model.get_env()
+    assert top is not None
+    venv = unwrap_vec_normalize(top)  # image paths have SB3's VecTransposeImage on top
+    assert venv is not None
     np_state: Any = np.random.get_state()
     meta = {
         "num_timesteps": model.num_timesteps,
@@ -259,8 +270,10 @@ def restore_training_state(directory: Path, model: BaseAlgorithm) -> int:
     if isinstance(model, SAC) and model.log_ent_coef is not None:
         with torch.no_grad():
             model.log_ent_coef.copy_(tensors["log_ent_coef"].reshape(model.log_ent_coef.shape))
-    venv = model.get_env()
-    assert isinstance(venv, VecNormalize)
+    top = model.get_env()
+    assert top is not None
+    venv = unwrap_vec_normalize(top)
+    assert venv is not None
     vecnormalize_from_json(venv, meta["vecnormalize"])
     for i, snap in enumerate(meta["envs"]):
         venv.env_method("restore", snap, indices=[i])
@@ -275,6 +288,14 @@ def restore_training_state(directory: Path, model: BaseAlgorithm) -> int:
     np.random.set_state((np_state[0], np.asarray(np_state[1], dtype=np.uint32),
                          *np_state[2:]))
     return model.num_timesteps
+
+
+def actor_parameters(model: BaseAlgorithm) -> list[torch.nn.Parameter]:
+    """Parameters of an actor-critic policy that only the action distribution uses."""
+    policy: Any = model.policy
+    value = {id(p) for p in policy.value_net.parameters()}
+    value |= {id(p) for p in policy.mlp_extractor.value_net.parameters()}
+    return [p for p in policy.parameters() if id(p) not in value]
 
 
 def initialise_from(model: BaseAlgorithm, venv: VecNormalize, agent_dir: Path,
@@ -365,10 +386,23 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = True,
             if cfg.init_from:
                 initialise_from(model, venv, Path(cfg.init_from), cfg)
         remaining = max(cfg.total_timesteps - done, 0)
+        budget = TimeBudgetCallback(cfg.max_minutes)
         callbacks = CallbackList([DrivingMetricsCallback(),
                                   ResumeCheckpointCallback(cfg, out, cfg.checkpoint_every_steps),
-                                  TimeBudgetCallback(cfg.max_minutes)])
-        if remaining > 0:
+                                  budget])
+        warmup = min(cfg.ppo.value_warmup_steps, remaining) if (
+            cfg.algo == "ppo" and cfg.init_from and done == 0) else 0
+        if warmup > 0:
+            actor = actor_parameters(model)
+            for param in actor:
+                param.requires_grad_(False)
+            model.learn(warmup, callback=callbacks, progress_bar=progress,
+                        reset_num_timesteps=True, tb_log_name="run")
+            for param in actor:
+                param.requires_grad_(True)
+            done, remaining = model.num_timesteps, max(cfg.total_timesteps
+                                                       - model.num_timesteps, 0)
+        if remaining > 0 and not budget.expired():
             model.learn(remaining, callback=callbacks, progress_bar=progress,
                         reset_num_timesteps=done == 0, tb_log_name="run")
         save_training_state(ckpt, model, cfg)

@@ -133,6 +133,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from evaluation.benchmark import load_benchmark_config, run_benchmark
+
+    cfg = load_benchmark_config(args.config, args.set)
+    result = run_benchmark(cfg, args.out or f"out/benchmark/{cfg.name}", progress=not args.quiet,
+                           workers=args.workers)
+    print(result.table, end="")
+    print(f"cells: {len(result.ran)} run, {len(result.skipped)} already done; "
+          f"table: {result.markdown_path}, plot: {result.plot_path}")
+    return 0
+
+
 def _minutes(text: str) -> float:
     """argparse type: a number of minutes >= 0."""
     try:
@@ -272,6 +284,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="suite override, e.g. episodes=5 or action_mode=behavior")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=_cmd_eval)
+
+    bm = sub.add_parser("benchmark", help="closed-loop backbone benchmark: encoders x "
+                        "objectives x frozen/fine-tuned x seeds against the baselines")
+    bm.add_argument("--config", default="default", metavar="NAME_OR_YAML",
+                    help="benchmark config name in configs/benchmark/ (default, smoke) or "
+                         "YAML path")
+    bm.add_argument("--out", default=None,
+                    help="output folder, resumed if present (default out/benchmark/<name>)")
+    bm.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, e.g. seeds=[0,1] or data=data/frames20k")
+    bm.add_argument("--workers", type=_count, default=2,
+                    help="parallel worker processes of each evaluation")
+    bm.add_argument("--quiet", action="store_true", help="no progress bars")
+    bm.set_defaults(func=_cmd_benchmark)
 
     bench = sub.add_parser("bench", help="measure env throughput")
     bench.add_argument("--json", action="store_true", help="print the figures as JSON")

@@ -108,3 +108,25 @@ def test_ppo_starts_from_a_behaviour_cloning_agent(tmp_path: Path) -> None:
             "obs=scratch", "num_envs=1", "total_timesteps=8", "ppo.n_steps=8",
             "ppo.batch_size=8", f"init_from={bc.agent_dir}"]),
             tmp_path / "bad", resume=False, progress=False)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["obs=scratch", "ppo.n_steps=8", "ppo.batch_size=8", "ppo.n_epochs=1"],
+    ["algo=sac", "action_mode=trajectory", "obs=privileged", "sac.learning_starts=4",
+     "sac.batch_size=8"],
+])
+def test_image_path_and_sac_train_checkpoint_and_load(overrides: list[str],
+                                                      tmp_path: Path) -> None:
+    cfg = load_train_config(overrides=[*overrides, "num_envs=1", "total_timesteps=12",
+                                       "checkpoint_every_steps=1",
+                                       "env_overrides=[traffic.num_vehicles=2]"])
+    result = train(cfg, tmp_path / "run", resume=False, progress=False)
+    assert (tmp_path / "run" / "checkpoint" / "train_state.json").is_file()
+    agent = load_agent(result.agent_dir)
+    extra = ["sensors.state=true", "sensors.camera=false"] if "obs=privileged" in overrides \
+        else []
+    env = gym.make("bulletdrive/Highway-v0", action_mode=cfg.action_mode,
+                   overrides=["traffic.num_vehicles=2", *extra])
+    obs, _ = env.reset(seed=200_002)
+    assert env.action_space.contains(agent.act(obs, env))
+    env.close()
