@@ -67,6 +67,31 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from evaluation.replay import frame_png, gui_episode, render_episode, verify_episode
+
+    if (args.frame is None) != (args.png is None):
+        raise ValueError("--frame N and --png OUT.png go together")
+    if not (args.verify or args.video or args.png or args.gui):
+        raise ValueError("nothing to do: give --verify, --video OUT.mp4, --frame N --png "
+                         "OUT.png and/or --gui")
+    code = 0
+    if args.gui:
+        result = gui_episode(args.episode)
+        print(result.summary())
+        code = max(code, 0 if result.ok else 1)
+    if args.verify:
+        result = verify_episode(args.episode, args.tolerance)
+        print(result.summary())
+        code = max(code, 0 if result.ok else 1)
+    if args.video:
+        video = render_episode(args.episode, args.video, args.start, args.end, args.fps)
+        print(f"video: {video}")
+    if args.png:
+        print(f"frame: {frame_png(args.episode, args.frame, args.png)}")
+    return code
+
+
 def _scale(text: str) -> float:
     """argparse type: a budget factor in (0, 10]."""
     try:
@@ -298,6 +323,28 @@ def build_parser() -> argparse.ArgumentParser:
                     help="parallel worker processes of each evaluation")
     bm.add_argument("--quiet", action="store_true", help="no progress bars")
     bm.set_defaults(func=_cmd_benchmark)
+
+    rp = sub.add_parser("replay", help="verify a recorded episode by re-simulation, render "
+                        "it to video or a PNG frame, or watch it in the pybullet GUI")
+    rp.add_argument("episode", metavar="EPISODE", help="episode file (.parquet)")
+    rp.add_argument("--verify", action="store_true",
+                    help="re-simulate and compare states (exit status 1 on divergence)")
+    rp.add_argument("--tolerance", type=float, default=0.0,
+                    help="accepted absolute difference with --verify (default 0: "
+                         "bit-identical; 1e-6 at least across package versions)")
+    rp.add_argument("--video", metavar="OUT.mp4", help="write camera + bird's-eye video")
+    rp.add_argument("--start", type=_count, default=None, metavar="N",
+                    help="first control step of the video (inclusive, steps count from 1)")
+    rp.add_argument("--end", type=_count, default=None, metavar="N",
+                    help="last control step of the video (inclusive)")
+    rp.add_argument("--fps", type=float, default=None,
+                    help="video frame rate (default: the control rate, real time)")
+    rp.add_argument("--frame", type=_count, default=None, metavar="N",
+                    help="control step to save as PNG (with --png)")
+    rp.add_argument("--png", metavar="OUT.png", help="PNG file of --frame")
+    rp.add_argument("--gui", action="store_true",
+                    help="replay in pybullet's GUI window (needs a display)")
+    rp.set_defaults(func=_cmd_replay)
 
     bench = sub.add_parser("bench", help="measure env throughput")
     bench.add_argument("--json", action="store_true", help="print the figures as JSON")

@@ -8,6 +8,8 @@
   train / validation / test seeds are disjoint by construction.
 * :mod:`evaluation.recording` records one row per control step of an episode and writes
   it as one Parquet file; :func:`load_episode` / :func:`load_episodes` read them back.
+* :mod:`evaluation.replay` re-simulates a recorded episode to verify it
+  (:func:`verify_episode`) or render it as video / PNG (:func:`render_episode`).
 * :mod:`evaluation.runner` runs an agent on a suite (parallel, resumable) and
   :mod:`evaluation.report` writes ``metrics.json``, Markdown, plots and an HTML page.
 
@@ -21,12 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from evaluation.recording import load_episode, load_episodes
+    from evaluation.replay import frame_png, render_episode, verify_episode
     from evaluation.report import compare
     from evaluation.runner import evaluate, resolve_agent
 
 _LAZY = {"load_episode": "evaluation.recording", "load_episodes": "evaluation.recording",
          "compare": "evaluation.report", "evaluate": "evaluation.runner",
-         "resolve_agent": "evaluation.runner"}
+         "resolve_agent": "evaluation.runner", "verify_episode": "evaluation.replay",
+         "render_episode": "evaluation.replay", "frame_png": "evaluation.replay"}
 
 
 def __getattr__(name: str) -> Any:
@@ -36,4 +40,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'evaluation' has no attribute {name!r}")
 
 
-__all__ = ["compare", "evaluate", "load_episode", "load_episodes", "resolve_agent"]
+__all__ = ["compare", "evaluate", "frame_png", "load_episode", "load_episodes",
+           "render_episode", "resolve_agent", "verify_episode"]
