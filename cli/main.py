@@ -135,7 +135,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     agent = resolve_agent(args.agent)
     suite = load_suite(args.suite, args.set)
-    result = evaluate(agent, suite, args.out, workers=args.workers, progress=not args.quiet)
+    result = evaluate(agent, suite, args.out, workers=args.workers, progress=not args.quiet,
+                      failure_videos=not args.no_videos)
     print((result.out_dir / "metrics.md").read_text(), end="")
     print(f"report: {result.out_dir / 'report.html'}")
     return 0
@@ -308,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="suite override, e.g. episodes=5 or action_mode=behavior")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.add_argument("--no-videos", action="store_true",
+                    help="no replay videos of failed episodes in the report")
     ev.set_defaults(func=_cmd_eval)
 
     bm = sub.add_parser("benchmark", help="closed-loop backbone benchmark: encoders x "

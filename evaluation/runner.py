@@ -506,7 +506,8 @@ def _collided(m: Mapping[str, Any]) -> int:
 def evaluate(agent: AgentSpec | str | Path, suite: SuiteConfig | str | Path,
              out_dir: str | Path, workers: int = 2, progress: bool = True, *,
              overrides: Sequence[str] = (), reps: int = DEFAULT_REPS,
-             video_links: Mapping[str, str] | None = None) -> EvalResult:
+             video_links: Mapping[str, str] | None = None,
+             failure_videos: bool = True) -> EvalResult:
     """Evaluate an agent on every seed of a suite and write the report.
 
     Episodes already recorded in ``out_dir`` (by the same agent with the same env
@@ -522,6 +523,8 @@ def evaluate(agent: AgentSpec | str | Path, suite: SuiteConfig | str | Path,
         progress: Show a progress bar with live success and collision counts.
         overrides: Further env overrides for every episode (after the suite's).
         reps: Bootstrap resamples of the confidence intervals.
+        failure_videos: Render a replay video of every episode that did not succeed and
+            link it from the HTML report.
         video_links: Optional per-episode video URLs (episode name -> URL) for the HTML
             report.
 
@@ -556,7 +559,19 @@ def evaluate(agent: AgentSpec | str | Path, suite: SuiteConfig | str | Path,
     episodes = [(s, episode_path(out, s).stem, metrics_from_file(episode_path(out, s)))
                 for s in seeds]
     result = build_result(spec.name, cfg, out, episodes, reps=reps)
-    write_report(result, video_links=video_links)
+    links = dict(video_links or {})
+    if failure_videos:
+        # Each failed episode gets a replay video (re-simulated from its recording),
+        # linked from the HTML report; kept on a resume.
+        from evaluation.replay import render_episode
+
+        for seed, name, metrics in episodes:
+            if not metrics.get("success"):
+                target = out / "videos" / f"{name}.mp4"
+                if not target.exists():
+                    render_episode(episode_path(out, seed), target)
+                links.setdefault(name, f"videos/{name}.mp4")
+    write_report(result, video_links=links)
     return result
 
 
