@@ -77,7 +77,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                          "OUT.png and/or --gui")
     code = 0
     if args.gui:
-        result = gui_episode(args.episode)
+        result = gui_episode(args.episode, step_by_step=args.step)
         print(result.summary())
         code = max(code, 0 if result.ok else 1)
     if args.verify:
@@ -347,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--png", metavar="OUT.png", help="PNG file of --frame")
     rp.add_argument("--gui", action="store_true",
                     help="replay in pybullet's GUI window (needs a display)")
+    rp.add_argument("--step", action="store_true",
+                    help="with --gui: one control step per press of 'n' ('c' continues)")
     rp.set_defaults(func=_cmd_replay)
 
     bench = sub.add_parser("bench", help="measure env throughput")

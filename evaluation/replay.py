@@ -451,12 +451,15 @@ def frame_png(path: str | Path, step: int, out_png: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------------- GUI
-def gui_episode(path: str | Path, realtime: bool = True) -> VerifyResult:
+def gui_episode(path: str | Path, realtime: bool = True,
+                step_by_step: bool = False) -> VerifyResult:
     """Replay an episode in pybullet's GUI window (needs a display), then verify it.
 
     Args:
         path: An episode file.
         realtime: Sleep so that the replay runs at the recorded control rate.
+        step_by_step: Advance one control step per press of ``n`` in the GUI window
+            (``c`` continues in real time).
 
     Returns:
         The verification of the replayed episode.
@@ -501,7 +504,14 @@ def gui_episode(path: str | Path, realtime: bool = True) -> VerifyResult:
                                          [st.x, st.y, 0.0], physicsClientId=env.client)
             if item.mismatch.diverged and bad is None:
                 bad = (int(item.row["step"]), item.mismatch)
-            if realtime:
+            while step_by_step:  # wait for a key in the GUI window
+                keys = p.getKeyboardEvents(physicsClientId=env.client)
+                if keys.get(ord("n"), 0) & p.KEY_WAS_TRIGGERED:
+                    break
+                if keys.get(ord("c"), 0) & p.KEY_WAS_TRIGGERED:
+                    step_by_step = False
+                time.sleep(0.02)
+            if realtime and not step_by_step:
                 time.sleep(env.dt)
     finally:
         env.close()
