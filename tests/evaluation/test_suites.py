@@ -19,7 +19,7 @@ from evaluation.suites import (
     load_suite,
 )
 
-SHIPPED = ("highway-test", "urban-test", "urban-night-fog", "highway-val", "smoke")
+SHIPPED = ("highway-test", "urban-test", "urban-night-fog", "highway-val", "smoke", "demo")
 
 
 def suite(**fields: object) -> SuiteConfig:
@@ -39,10 +39,11 @@ def test_shipped_suites_load_and_are_disjoint() -> None:
     assert set(SHIPPED) == set(list_suites())
     suites = {name: load_suite(name) for name in SHIPPED}
     for name, s in suites.items():
-        assert s.name == name and s.action_mode == "control"
+        assert s.name == name
+        assert s.action_mode == ("behavior" if name == "demo" else "control")
         low, high = SPLIT_SEED_RANGES[s.split]
         seeds = s.episode_seeds()
-        assert len(seeds) == (2 if name == "smoke" else 20)
+        assert len(seeds) == {"smoke": 2, "demo": 4}.get(name, 20)
         assert all(low <= x < high for x in seeds)
     check_disjoint(suites.values())
     fog = suites["urban-night-fog"]
