@@ -225,6 +225,21 @@ def _resimulate(rows: pd.DataFrame, meta: Mapping[str, Any], env: DrivingEnv,
         yield _Step(row, obs, _compare(row, env, bool(terminated), bool(truncated), tolerance))
 
 
+def _verify_result(path: Path, bad: tuple[int, Any] | None, steps: int, total: int,
+                   max_err: float, tol: float, note: str, meta: dict[str, Any],
+                   t0: float) -> VerifyResult:
+    """Assemble a :class:`VerifyResult` from a re-simulation's outcome."""
+    return VerifyResult(
+        path=path, ok=bad is None, steps=steps, total_steps=total,
+        first_divergent_step=None if bad is None else bad[0],
+        column=None if bad is None else bad[1].column,
+        recorded=None if bad is None else bad[1].recorded,
+        replayed=None if bad is None else bad[1].replayed,
+        max_abs_error=max_err, tolerance=tol, note=note,
+        recorded_version=str(meta["package_version"]), replay_version=package_version(),
+        seconds=time.perf_counter() - t0)
+
+
 def verify_episode(path: str | Path, tolerance: float = 0.0) -> VerifyResult:
     """Re-simulate an episode from its seed, config and control commands; compare states.
 
@@ -260,15 +275,7 @@ def verify_episode(path: str | Path, tolerance: float = 0.0) -> VerifyResult:
                 break
     finally:
         env.close()
-    return VerifyResult(
-        path=p, ok=bad is None, steps=steps, total_steps=len(rows),
-        first_divergent_step=None if bad is None else bad[0],
-        column=None if bad is None else bad[1].column,
-        recorded=None if bad is None else bad[1].recorded,
-        replayed=None if bad is None else bad[1].replayed,
-        max_abs_error=max_err, tolerance=tol, note=note,
-        recorded_version=str(meta["package_version"]), replay_version=package_version(),
-        seconds=time.perf_counter() - t0)
+    return _verify_result(p, bad, steps, len(rows), max_err, tol, note, meta, t0)
 
 
 # ---------------------------------------------------------------------- rendering
@@ -515,15 +522,7 @@ def gui_episode(path: str | Path, realtime: bool = True,
                 time.sleep(env.dt)
     finally:
         env.close()
-    return VerifyResult(
-        path=pth, ok=bad is None, steps=steps, total_steps=len(rows),
-        first_divergent_step=None if bad is None else bad[0],
-        column=None if bad is None else bad[1].column,
-        recorded=None if bad is None else bad[1].recorded,
-        replayed=None if bad is None else bad[1].replayed,
-        max_abs_error=max_err, tolerance=tol, note=note,
-        recorded_version=str(meta["package_version"]), replay_version=package_version(),
-        seconds=time.perf_counter() - t0)
+    return _verify_result(pth, bad, steps, len(rows), max_err, tol, note, meta, t0)
 
 
 __all__ = [
