@@ -190,6 +190,9 @@ def _cmd_probe(args: argparse.Namespace) -> int:
                                random_reference=not args.no_random_reference, seed=args.seed,
                                config=cfg, quantize=args.quantize)
     print(report.to_markdown())
+    for name, sp in report.speed.items():
+        print(f"{name}: float32 {sp['float32_frames_per_s']} frames/s, int8 "
+              f"{sp['int8_frames_per_s']} frames/s (x{sp['speedup']})")
     return 0
 
 
