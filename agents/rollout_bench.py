@@ -133,4 +133,88 @@ def bench_rollouts(num_envs_list: Sequence[int] = (1, 2, 4), steps: int = 300,
     }
 
 
-__all__ = ["bench_rollouts", "torch_threads"]
+class _EnvStepper:
+    """One env stepped with random actions (a Ray actor of :func:`bench_ray_actors`)."""
+
+    def __init__(self, env_id: str, action_mode: str, overrides: Sequence[str], seed: int
+                 ) -> None:
+        self.env = make_env(env_id, action_mode=action_mode, overrides=tuple(overrides))
+        self.env.reset(seed=seed)
+        self.env.action_space.seed(seed)
+        self.seed = seed
+
+    def run(self, steps: int) -> float:
+        """Step ``steps`` times (resetting at episode ends); returns the seconds taken."""
+        start = time.perf_counter()
+        for _ in range(steps):
+            _, _, terminated, truncated, _ = self.env.step(self.env.action_space.sample())
+            if terminated or truncated:
+                self.seed += 1
+                self.env.reset(seed=self.seed)
+        return time.perf_counter() - start
+
+
+def bench_ray_actors(num_actors_list: Sequence[int] = (1, 2), steps: int = 200,
+                     env_id: str = "Highway-v0", action_mode: str = "behavior",
+                     overrides: Sequence[str] = (), warmup_steps: int = 10, seed: int = 0,
+                     address: str | None = None) -> dict[str, Any]:
+    """Env steps per second with N Ray actors, each stepping one camera-on env.
+
+    No encoder and no batching: this measures the simulation side of a Ray rollout
+    (actor start-up excluded), to compare with :func:`bench_rollouts`.
+
+    Args:
+        num_actors_list: The numbers of actors N to measure.
+        steps: Timed env steps per actor, after ``warmup_steps`` untimed ones.
+        env_id / action_mode / overrides: The env, as in :func:`bench_rollouts`.
+        warmup_steps: Untimed steps per actor first.
+        seed: Actor i's env gets ``seed + i``.
+        address: Ray cluster address; None: a local Ray instance with
+            ``max(num_actors_list)`` CPUs (unless Ray is already initialised).
+
+    Returns:
+        ``{"config": {...}, "results": [row, ...]}``, one row per N: ``num_actors``,
+        ``env_steps_per_s`` (N * steps / wall time) and ``speedup_vs_1``.
+
+    Raises:
+        ValueError: Empty list, N < 1, ``steps`` < 1, Ray missing or unreachable.
+    """
+    if not num_actors_list or min(num_actors_list) < 1:
+        raise ValueError(f"num_actors_list must hold numbers >= 1, got {tuple(num_actors_list)}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    from evaluation.distributed import check_backend, init_ray
+
+    check_backend("ray", address)
+    import ray
+
+    started = init_ray(address, max(num_actors_list))
+    rows: list[dict[str, Any]] = []
+    try:
+        # Typed as Any: Ray's stubs do not describe the actor handles' .remote methods.
+        actor_cls: Any = ray.remote(num_cpus=1)(_EnvStepper)
+        for n in num_actors_list:
+            actors: list[Any] = [actor_cls.remote(env_id, action_mode, tuple(overrides), seed + i)
+                      for i in range(int(n))]
+            try:
+                ray.get([a.run.remote(warmup_steps) for a in actors])  # also waits for start
+                start = time.perf_counter()
+                ray.get([a.run.remote(steps) for a in actors])
+                elapsed = time.perf_counter() - start
+            finally:
+                for a in actors:
+                    ray.kill(a)
+            rows.append({"num_actors": int(n), "env_steps_per_s": int(n) * steps / elapsed})
+    finally:
+        if started:
+            ray.shutdown()
+    base = next((r["env_steps_per_s"] for r in rows if r["num_actors"] == 1), None)
+    for row in rows:
+        row["speedup_vs_1"] = row["env_steps_per_s"] / base if base else None
+    return {"config": {"env_id": env_id, "action_mode": action_mode, "steps": steps,
+                       "warmup_steps": warmup_steps, "overrides": list(overrides),
+                       "address": address},
+            "results": rows}
+
+
+__all__ = ["bench_ray_actors", "bench_rollouts", "torch_threads"]

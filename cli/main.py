@@ -29,12 +29,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         except ImportError:
             raise ConfigError("--compare highway-env needs highway-env: "
                               "pip install highway-env (or: make bench)") from None
+    if args.workers or args.ray:
+        from agents.train import resolve_device
+
+        # Checked before the env bench runs, so that a bad device fails at once.
+        resolve_device(args.device)
     results = run_bench(steps=args.steps, compare=args.compare)
     if args.workers:
         from agents.rollout_bench import bench_rollouts
 
         results["rollouts"] = bench_rollouts(tuple(args.workers), steps=args.rollout_steps,
                                              device=args.device)
+    if args.ray:
+        from agents.rollout_bench import bench_ray_actors
+
+        results["ray_rollouts"] = bench_ray_actors(tuple(args.ray), steps=args.rollout_steps,
+                                                   address=args.address)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -136,7 +146,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     agent = resolve_agent(args.agent)
     suite = load_suite(args.suite, args.set)
     result = evaluate(agent, suite, args.out, workers=args.workers, progress=not args.quiet,
-                      failure_videos=not args.no_videos)
+                      failure_videos=not args.no_videos, backend=args.backend,
+                      address=args.address)
     print((result.out_dir / "metrics.md").read_text(), end="")
     print(f"report: {result.out_dir / 'report.html'}")
     return 0
@@ -164,7 +175,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
     cfg = load_benchmark_config(args.config, args.set)
     result = run_benchmark(cfg, args.out or f"out/benchmark/{cfg.name}", progress=not args.quiet,
-                           workers=args.workers)
+                           workers=args.workers, backend=args.backend, address=args.address)
     print(result.table, end="")
     print(f"cells: {len(result.ran)} run, {len(result.skipped)} already done; "
           f"table: {result.markdown_path}, plot: {result.plot_path}")
@@ -216,6 +227,15 @@ def _seed(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {value}")
     return value
+
+
+def _backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options choosing where evaluation episodes run."""
+    parser.add_argument("--backend", choices=("local", "ray"), default="local",
+                        help="run episodes in local worker processes or as Ray tasks")
+    parser.add_argument("--address", default=None, metavar="ADDR",
+                        help="Ray cluster address (host:port of 'ray start --head', auto); "
+                             "default: a local Ray instance with --workers CPUs")
 
 
 def _env_arguments(parser: argparse.ArgumentParser, out: str, steps: int,
@@ -311,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--workers", type=_count, default=2, help="parallel worker processes")
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="suite override, e.g. episodes=5 or action_mode=behavior")
+    _backend_arguments(ev)
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.add_argument("--no-videos", action="store_true",
                     help="no replay videos of failed episodes in the report")
@@ -327,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="config override, e.g. seeds=[0,1] or data=data/frames20k")
     bm.add_argument("--workers", type=_count, default=2,
                     help="parallel worker processes of each evaluation")
+    _backend_arguments(bm)
     bm.add_argument("--quiet", action="store_true", help="no progress bars")
     bm.set_defaults(func=_cmd_benchmark)
 
@@ -359,13 +381,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=_count, default=1000, help="steps per measurement")
     bench.add_argument("--compare", action="append", default=[], metavar="NAME",
                        help=f"also measure another simulator: {', '.join(COMPARE_CHOICES)}")
-    bench.add_argument("--workers", type=_count, nargs="*", default=[1, 2, 4],
+    bench.add_argument("--workers", type=_count, nargs="*", default=[1, 2, 4, 8],
                        help="rollout worker counts to measure with the frozen encoder path "
                             "(none: skip)")
     bench.add_argument("--rollout-steps", type=_count, default=200,
                        help="vector steps per rollout measurement")
     bench.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                        help="device of the rollout encoder")
+    bench.add_argument("--ray", type=_count, nargs="+", default=None, metavar="N",
+                       help="also measure env steps/s with N Ray actors, each stepping one "
+                            "env (e.g. --ray 1 2)")
+    bench.add_argument("--address", default=None, metavar="ADDR",
+                       help="Ray cluster address for --ray (default: a local instance)")
     bench.set_defaults(func=_cmd_bench)
     return parser
 

@@ -36,7 +36,7 @@ from envs.config import EnvConfig, load_env_config
 from envs.maps.road_map import LanePoint, Marking, RoadMap
 from envs.maps.route import Route
 from envs.render.bev import BirdEyeView, BoxAgent
-from envs.sim.camera import CameraFrame, EgoCamera
+from envs.sim.camera import CameraFrame, EgoCamera, select_renderer
 from envs.sim.conditions import draw_conditions
 from envs.sim.corruptions import Corruptor
 from envs.sim.lidar import EGO_COLLISION_GROUP, Lidar
@@ -95,6 +95,16 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         self.dt = 1.0 / cfg.control_hz
         self.client = p.connect(p.DIRECT)
         self._closed = False
+        #: The renderer actually used for camera frames (``tiny`` or ``egl``); None when
+        #: nothing renders. Resolved once per client: the plugin outlives resets.
+        self.renderer_in_use: str | None = None
+        if cfg.sensors.renders:
+            try:
+                self.renderer_in_use = select_renderer(self.client, cfg.camera.renderer)
+            except RuntimeError as exc:
+                p.disconnect(physicsClientId=self.client)
+                self._closed = True
+                raise ValueError(str(exc)) from None
         self.action_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
         obs: dict[str, spaces.Space[Any]] = {}
         hw = (cfg.camera.height, cfg.camera.width)
@@ -192,7 +202,8 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         self.conditions = draw_conditions(vis.randomize, vis.time_of_day, vis.texture_variants,
                                           vis.light_elevation_rad, vis.light_azimuth_rad,
                                           vis.ambient, vis.diffuse, visual_rng)
-        self.scene = Scene(c, geometry, cfg.scene, self._atlas(self.conditions.texture_variant))
+        self.scene = Scene(c, geometry, cfg.scene, self._atlas(self.conditions.texture_variant),
+                           placeholder_visuals=self.renderer_in_use == "egl")
         lane_id, s0, self.route = self.sample_start(rng, layout, options)
         lane = self.road_map.lane(lane_id)
         x, y = lane.position(s0)
@@ -213,7 +224,8 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
             self.pedestrians.reset(rng, float(x), float(y))
         self.traffic_class = {**self.traffic.body_class,
                               **(self.pedestrians.body_class if self.pedestrians else {})}
-        self.camera = EgoCamera(c, cfg.camera) if cfg.sensors.renders else None
+        self.camera = (EgoCamera(c, cfg.camera, "egl" if self.renderer_in_use == "egl" else "tiny")
+                       if cfg.sensors.renders else None)
         self.corruptor = Corruptor(cfg.visual.corruption)
         self.corruption_rng = np.random.default_rng(
             np.random.SeedSequence([self.episode_seed, 0x434F5252]))

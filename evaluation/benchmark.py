@@ -641,7 +641,8 @@ def _cell_spec(train_cfg: TrainConfig, suite: SuiteConfig, encoder_dir: Path | N
 
 
 def run_cell(cfg: BenchmarkConfig, plan: BenchmarkPlan, cell: Cell, encoder_dir: Path | None,
-             out_dir: Path, *, workers: int = 2, progress: bool = True) -> CellResult:
+             out_dir: Path, *, workers: int = 2, progress: bool = True,
+             backend: str = "local", address: str | None = None) -> CellResult:
     """Train and evaluate one cell, skipping whatever of it is already done.
 
     Raises:
@@ -678,7 +679,7 @@ def run_cell(cfg: BenchmarkConfig, plan: BenchmarkPlan, cell: Cell, encoder_dir:
                                   "train_minutes": round(train_minutes, 2)})
     t0 = time.perf_counter()
     result = evaluate(str(agent_dir), plan.suite, eval_dir, workers=workers, progress=progress,
-                      reps=cfg.reps)
+                      reps=cfg.reps, backend=backend, address=address)
     return CellResult(cell, cell_dir, agent_dir, result, skipped=False,
                       train_minutes=train_minutes,
                       eval_minutes=(time.perf_counter() - t0) / 60.0)
@@ -837,7 +838,8 @@ def plot(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> Path:
 
 # ---------------------------------------------------------------------- the run
 def run_benchmark(cfg: BenchmarkConfig, out_dir: str | Path, progress: bool = True,
-                  workers: int = 2) -> BenchmarkResult:
+                  workers: int = 2, backend: str = "local",
+                  address: str | None = None) -> BenchmarkResult:
     """Run (or resume) a benchmark and write its table, JSON and plot.
 
     Args:
@@ -845,6 +847,9 @@ def run_benchmark(cfg: BenchmarkConfig, out_dir: str | Path, progress: bool = Tr
         out_dir: Output folder (created; re-running into it skips what is done).
         progress: Show a progress bar over the cells (and the stages' own bars).
         workers: Parallel worker processes of each evaluation.
+        backend: Where each evaluation's episodes run: ``local`` or ``ray``
+            (:mod:`evaluation.distributed`; training stays in this process).
+        address: Ray cluster address (``ray`` only; None: a local Ray instance).
 
     Returns:
         The cells' results and the table rows.
@@ -858,6 +863,9 @@ def run_benchmark(cfg: BenchmarkConfig, out_dir: str | Path, progress: bool = Tr
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a whole number >= 1, got {workers!r}")
+    from evaluation.distributed import check_backend
+
+    check_backend(backend, address)
     plan = plan_benchmark(cfg)
     check_dataset(cfg, plan)
     out = Path(out_dir)
@@ -882,7 +890,7 @@ def run_benchmark(cfg: BenchmarkConfig, out_dir: str | Path, progress: bool = Tr
                 encoder_dir = encoders[cell.pretrain]
             bar.set_postfix_str(cell.id)
             results.append(run_cell(cfg, plan, cell, encoder_dir, out, workers=workers,
-                                    progress=progress))
+                                    progress=progress, backend=backend, address=address))
             _write_json(out / CELLS_FILE, {"benchmark": cfg.name,
                                            "cells": [r.to_json() for r in results]})
             bar.update(1)

@@ -29,13 +29,11 @@ is used.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import contextlib
 import fcntl
 import hashlib
 import json
 import logging
-import multiprocessing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +42,7 @@ from typing import Any
 import envs
 from common.io import atomic_write_text
 from envs.driving_env import DrivingEnv
+from evaluation.distributed import check_backend, map_episodes
 from evaluation.metrics import EpisodeMetrics, episode_metrics
 from evaluation.recording import (
     EpisodeFileError,
@@ -507,7 +506,8 @@ def evaluate(agent: AgentSpec | str | Path, suite: SuiteConfig | str | Path,
              out_dir: str | Path, workers: int = 2, progress: bool = True, *,
              overrides: Sequence[str] = (), reps: int = DEFAULT_REPS,
              video_links: Mapping[str, str] | None = None,
-             failure_videos: bool = True) -> EvalResult:
+             failure_videos: bool = True, backend: str = "local",
+             address: str | None = None) -> EvalResult:
     """Evaluate an agent on every seed of a suite and write the report.
 
     Episodes already recorded in ``out_dir`` (by the same agent with the same env
@@ -527,6 +527,9 @@ def evaluate(agent: AgentSpec | str | Path, suite: SuiteConfig | str | Path,
             link it from the HTML report.
         video_links: Optional per-episode video URLs (episode name -> URL) for the HTML
             report.
+        backend: ``local`` (worker processes) or ``ray`` (Ray tasks running the same
+            :func:`run_episode`; see :mod:`evaluation.distributed`).
+        address: Ray cluster address (``ray`` only; None: a local Ray instance).
 
     Returns:
         The per-episode metrics and aggregates (also written to ``out_dir``).
@@ -537,6 +540,7 @@ def evaluate(agent: AgentSpec | str | Path, suite: SuiteConfig | str | Path,
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a whole number >= 1, got {workers!r}")
+    check_backend(backend, address)
     spec = resolve_agent(agent)
     cfg = _suite(suite)
     check_action_mode(spec, cfg)
@@ -548,11 +552,8 @@ def evaluate(agent: AgentSpec | str | Path, suite: SuiteConfig | str | Path,
     bar = _Progress(len(seeds), f"{spec.name} on {cfg.name}", progress, done)
     tasks = [_Task(spec, cfg, s, episode_path(out, s), out, tuple(overrides)) for s in todo]
     try:
-        if workers == 1 or len(tasks) <= 1:
-            for task in tasks:
-                bar.add(_run_task(task).metrics)
-        else:
-            _run_parallel(tasks, min(workers, len(tasks)), bar)
+        for done_episode in map_episodes(_run_task, tasks, backend, workers, address):
+            bar.add(done_episode.metrics)
     finally:
         bar.close()
     # The report is computed from the files alone, whatever produced them.
@@ -573,19 +574,6 @@ def evaluate(agent: AgentSpec | str | Path, suite: SuiteConfig | str | Path,
                 links.setdefault(name, f"videos/{name}.mp4")
     write_report(result, video_links=links)
     return result
-
-
-def _run_parallel(tasks: Sequence[_Task], workers: int, bar: _Progress) -> None:
-    ctx = multiprocessing.get_context("spawn")  # no fork: pybullet clients are per process
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = [pool.submit(_run_task, t) for t in tasks]
-        try:
-            for fut in cf.as_completed(futures):
-                bar.add(fut.result().metrics)
-        except BaseException:
-            for f in futures:
-                f.cancel()  # finished episodes stay on disk for a resume
-            raise
 
 
 __all__ = [

@@ -1,10 +1,18 @@
-"""The ego camera: an RGB image rendered by pybullet's CPU renderer from the car's pose."""
+"""The ego camera: an RGB image rendered by pybullet from the car's pose.
+
+Frames come from pybullet's CPU TinyRenderer, or from its EGL plugin (hardware OpenGL
+without a display) on a GPU machine: :func:`select_renderer` resolves the configured
+``camera.renderer`` for one pybullet client.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import pkgutil
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pybullet as p
@@ -16,6 +24,15 @@ from envs.sim.vehicle import vehicle_to_world
 
 #: An RGB image (H, W, 3) uint8 (dtype left open for numpy's typing of cv2 results).
 Image = NDArray[Any]
+
+#: Renderer choices of ``camera.renderer``.
+RendererName = Literal["auto", "tiny", "egl"]
+#: Environment variable that makes ``auto`` try EGL without an NVIDIA device node.
+TRY_EGL_ENV = "BULLETDRIVE_TRY_EGL"
+
+render_log = logging.getLogger("bulletdrive.render")
+#: Fallback reasons already logged (each is logged once per process, not per env).
+_logged_fallbacks: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -33,6 +50,9 @@ class CameraConfig:
         light_direction: Direction towards the light (world frame).
         light_color: RGB light colour in [0, 1].
         ambient / diffuse / specular: Lighting coefficients of the renderer.
+        renderer: ``tiny`` (pybullet's CPU TinyRenderer), ``egl`` (pybullet's EGL plugin,
+            hardware OpenGL; an error when it does not load) or ``auto`` (EGL when a GPU
+            seems present and the plugin loads, else tiny).
     """
 
     width: int = 84
@@ -48,6 +68,7 @@ class CameraConfig:
     ambient: float = 0.65
     diffuse: float = 0.45
     specular: float = 0.02
+    renderer: RendererName = "auto"
 
     def __post_init__(self) -> None:
         require(8 <= self.width <= 1024 and 8 <= self.height <= 1024,
@@ -58,22 +79,89 @@ class CameraConfig:
         require(self.rate_hz >= 0, "camera.rate_hz must be >= 0")
 
 
+def gpu_seems_present() -> bool:
+    """Whether EGL is worth trying: an NVIDIA device node, or ``BULLETDRIVE_TRY_EGL=1``.
+
+    Trying the plugin on a machine without a GPU is not free (Mesa may fall back to a
+    slow software rasteriser, or print driver noise), so ``auto`` only tries it here.
+    """
+    return os.path.exists("/dev/nvidia0") or os.environ.get(TRY_EGL_ENV, "") == "1"
+
+
+def load_egl_plugin(client: int) -> None:
+    """Load pybullet's EGL renderer plugin into a client.
+
+    Raises:
+        RuntimeError: The plugin is missing or fails to load (the message names EGL).
+    """
+    egl = pkgutil.get_loader("eglRenderer")
+    filename = getattr(egl, "get_filename", None) if egl is not None else None
+    if filename is None:
+        raise RuntimeError("EGL renderer plugin not found: pybullet's eglRenderer module "
+                           "is not installed")
+    plugin = p.loadPlugin(filename(), "_eglRendererPlugin", physicsClientId=client)
+    if plugin < 0:
+        raise RuntimeError("EGL renderer plugin failed to load (no usable EGL device; a GPU "
+                           "with EGL drivers is needed); use camera.renderer=tiny or auto")
+
+
+def _log_fallback_once(reason: str) -> None:
+    if reason not in _logged_fallbacks:
+        _logged_fallbacks.add(reason)
+        render_log.info("camera.renderer=auto uses the tiny renderer: %s", reason)
+
+
+def select_renderer(client: int, name: str) -> Literal["tiny", "egl"]:
+    """Resolve ``camera.renderer`` for a client, loading the EGL plugin when chosen.
+
+    Args:
+        client: pybullet client id.
+        name: ``auto``, ``tiny`` or ``egl``.
+
+    Returns:
+        The renderer in use: ``egl`` (plugin loaded) or ``tiny``.
+
+    Raises:
+        RuntimeError: ``egl`` requested but the plugin does not load.
+    """
+    if name == "tiny":
+        return "tiny"
+    if name == "egl":
+        load_egl_plugin(client)
+        return "egl"
+    if not gpu_seems_present():
+        _log_fallback_once(f"no GPU found (/dev/nvidia0 missing; set {TRY_EGL_ENV}=1 to "
+                           "try EGL anyway)")
+        return "tiny"
+    try:
+        load_egl_plugin(client)
+    except RuntimeError as exc:
+        _log_fallback_once(str(exc))
+        return "tiny"
+    return "egl"
+
+
 class EgoCamera:
     """Renders the view from a camera rigidly mounted on the ego car.
 
     Args:
         client: pybullet client id.
         cfg: Camera parameters.
+        renderer: ``tiny`` or ``egl`` (the EGL plugin must already be loaded into
+            ``client``, see :func:`select_renderer`); ``cfg.renderer`` is not consulted.
     """
 
-    def __init__(self, client: int, cfg: CameraConfig) -> None:
+    def __init__(self, client: int, cfg: CameraConfig,
+                 renderer: Literal["tiny", "egl"] = "tiny") -> None:
         self.client = client
         self.cfg = cfg
         self.projection = p.computeProjectionMatrixFOV(
             math.degrees(cfg.fov_rad), cfg.width / cfg.height, cfg.near_m, cfg.far_m)
         self.background = self._background()
+        self.renderer = renderer
         self._kwargs: dict[str, Any] = dict(
-            renderer=p.ER_TINY_RENDERER, flags=p.ER_NO_SEGMENTATION_MASK,
+            renderer=p.ER_BULLET_HARDWARE_OPENGL if renderer == "egl" else p.ER_TINY_RENDERER,
+            flags=p.ER_NO_SEGMENTATION_MASK,
             lightDirection=list(cfg.light_direction), lightColor=list(cfg.light_color),
             lightAmbientCoeff=cfg.ambient, lightDiffuseCoeff=cfg.diffuse,
             lightSpecularCoeff=cfg.specular, shadow=0, physicsClientId=client)

@@ -400,16 +400,22 @@ class Scene:
     """
 
     def __init__(self, client: int, geometry: SceneGeometry, cfg: SceneConfig,
-                 atlas: np.ndarray | None = None) -> None:
+                 atlas: np.ndarray | None = None, placeholder_visuals: bool = False) -> None:
         self.client = client
+        # pybullet's EGL plugin crashes (segfault) on a body whose plane or mesh collision
+        # shape has no visual shape; a tiny transparent visual avoids that. Only under
+        # EGL, so that TinyRenderer scenes stay exactly as before.
+        self._placeholder = (p.createVisualShape(p.GEOM_BOX, halfExtents=[0.01] * 3,
+                                                 rgbaColor=[1, 1, 1, 0], physicsClientId=client)
+                             if placeholder_visuals else -1)
         self.geometry = geometry
         self.cfg = cfg
         self.body_class: dict[int, SemanticClass] = {}
         image = geometry.atlas if atlas is None else atlas
         self.texture_id = p.loadTexture(textures.texture_file(image), physicsClientId=client)
         plane = p.createCollisionShape(p.GEOM_PLANE, physicsClientId=client)
-        self.ground_id = p.createMultiBody(0, plane, -1, useMaximalCoordinates=True,
-                                           physicsClientId=client)
+        self.ground_id = p.createMultiBody(0, plane, self._placeholder,
+                                           useMaximalCoordinates=True, physicsClientId=client)
         p.changeDynamics(self.ground_id, -1, lateralFriction=1.0, physicsClientId=client)
         self.body_class[self.ground_id] = SemanticClass.ROAD
         # pybullet draws a body without a visual shape from its collision shape; the
@@ -419,7 +425,7 @@ class Scene:
             cs = p.createCollisionShape(p.GEOM_MESH, vertices=verts.tolist(),
                                         indices=idx.tolist(),
                                         flags=p.GEOM_FORCE_CONCAVE_TRIMESH, physicsClientId=client)
-            body = p.createMultiBody(0, cs, -1, useMaximalCoordinates=True,
+            body = p.createMultiBody(0, cs, self._placeholder, useMaximalCoordinates=True,
                                      physicsClientId=client)
             _hide_body(client, body)
             self.body_class[int(body)] = SemanticClass.STATIC
