@@ -120,12 +120,16 @@ class PretrainConfig:
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Measured on 22k driving frames (README): without random shifts, at a lower learning
+    # rate and for about 1000 steps, CURL features beat random initialisation on the
+    # lane-offset and lead-distance probes; shifts and longer runs learned shortcuts.
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(
+        ops=("color_jitter", "cutout")))
     split: str = "train"
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 3e-4
     weight_decay: float = 0.0
-    max_steps: int = 100_000
+    max_steps: int = 1_000
     max_minutes: float | None = None
     checkpoint_every_steps: int = 500
     log_every_steps: int = 25

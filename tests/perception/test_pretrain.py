@@ -116,7 +116,7 @@ def test_config_overrides_and_validation() -> None:
 def test_config_differences_ignore_budgets() -> None:
     a = to_dict(PretrainConfig())
     b = to_dict(dataclasses.replace(PretrainConfig(), max_steps=5, max_minutes=1.0, lr=0.5))
-    assert config_differences(a, b) == ["lr (checkpoint 0.001, now 0.5)"]
+    assert config_differences(a, b) == ["lr (checkpoint 0.0003, now 0.5)"]
 
 
 # --------------------------------------------------------------------------- training
@@ -185,7 +185,7 @@ def test_resume_with_another_config_raises(dataset: Path, tmp_path: Path) -> Non
     cfg = tiny()
     out = tmp_path / "run"
     pretrain(cfg, dataset, out, max_minutes=0, progress=False)
-    with pytest.raises(ValueError, match=r"lr \(checkpoint 0.001, now 0.002\)"):
+    with pytest.raises(ValueError, match=r"lr \(checkpoint 0.0003, now 0.002\)"):
         pretrain(dataclasses.replace(cfg, lr=2e-3), dataset, out, max_minutes=0,
                  progress=False)
     with pytest.raises(ValueError, match="objective.curl.tau"):
