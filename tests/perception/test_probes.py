@@ -12,6 +12,7 @@ from torch import nn
 
 from common.config import ConfigError, from_dict
 from perception.dataset import DatasetError, LabelSpec, ShardWriter, explicit_split
+from perception.encoders import build_encoder
 from perception.probes import (
     ProbeConfig,
     ProbeReport,
@@ -22,11 +23,6 @@ from perception.probes import (
     r2_score,
     run_probes,
 )
-
-try:
-    from perception.encoders import build_encoder
-except ImportError:  # the encoders module is optional for these tests
-    build_encoder = None
 
 
 def linear_data(n: int, d: int, seed: int, noise: float = 0.01
@@ -236,9 +232,7 @@ def test_markdown_marks_missing_values() -> None:
     assert report.to_json()["rows"]["a"]["x"]["value"] is None
 
 
-@pytest.mark.skipif(build_encoder is None, reason="perception.encoders not available")
 def test_probe_with_nature_cnn(dataset: Path) -> None:
-    assert build_encoder is not None
     enc = build_encoder("nature_cnn")
     report = run_probes({"nature_cnn": enc}, dataset, labels=["lane_offset_m", "signal_state"],
                         config=ProbeConfig(max_frames=80, alphas=(1.0, 100.0)))
