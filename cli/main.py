@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from common.config import ConfigError
 
@@ -102,17 +103,6 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return code
 
 
-def _scale(text: str) -> float:
-    """argparse type: a budget factor in (0, 10]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 10], got {text!r}") from None
-    if not 0.0 < value <= 10.0:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 10], got {value}")
-    return value
-
-
 def _cmd_collect(args: argparse.Namespace) -> int:
     from agents.collect import collect, load_collect_config
 
@@ -182,17 +172,6 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-def _minutes(text: str) -> float:
-    """argparse type: a number of minutes >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {value}")
-    return value
-
-
 def _cmd_probe(args: argparse.Namespace) -> int:
     from perception.probes import ProbeConfig, probe_checkpoints
 
@@ -207,26 +186,34 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _count(text: str) -> int:
-    """argparse type: a whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {value}")
-    return value
+def _number(cast: Callable[[str], float], low: float, high: float | None = None, *,
+            low_open: bool = False, what: str = "a number") -> Callable[[str], Any]:
+    """An argparse type: ``cast(text)`` within ``[low, high]`` (``(low, ...`` if
+    ``low_open``), with one message naming the range."""
+    if high is None and not low_open:
+        message = f"must be {what} >= {low:g}"
+    else:
+        bound = ("(" if low_open else "[") + f"{low:g}, " + (
+            "inf)" if high is None else f"{high:g}]")
+        message = f"must be {what} in {bound}"
+
+    def parse(text: str) -> Any:
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{message}, got {text!r}") from None
+        if not (value > low if low_open else value >= low) or (high is not None
+                                                              and value > high):
+            raise argparse.ArgumentTypeError(f"{message}, got {value}")
+        return value
+
+    return parse
 
 
-def _seed(text: str) -> int:
-    """argparse type: a whole number >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {value}")
-    return value
+_count = _number(int, 1, what="a whole number")
+_seed = _number(int, 0, what="a whole number")
+_minutes = _number(float, 0)
+_scale = _number(float, 0, 10, low_open=True)
 
 
 def _backend_arguments(parser: argparse.ArgumentParser) -> None:

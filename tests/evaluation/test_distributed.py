@@ -50,8 +50,8 @@ def test_ray_matches_local(local_ray: object, tmp_path: Path) -> None:
 
 def test_unreachable_address_is_one_error_line(tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    if ray.is_initialized():
-        pytest.skip("Ray already initialised in this process")
+    if ray.is_initialized():  # an earlier test's instance: the address must be tried anew
+        ray.shutdown()
     address = f"127.0.0.1:{_free_port()}"
     code = main(["eval", "--agent", "expert", "--suite", "smoke", "--out", str(tmp_path / "e"),
                  "--backend", "ray", "--address", address, "--quiet"])
