@@ -25,7 +25,7 @@ from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 from tqdm import tqdm
 
 from agents.config import TrainConfig
-from agents.env_factory import build_env, env_overrides
+from agents.env_factory import VECTOR_KEYS, build_env, env_overrides
 from agents.extractors import extractor_kwargs
 from agents.saving import normalize_obs, save_agent
 from common.config import to_dict
@@ -55,7 +55,7 @@ class ObservationPath:
         elif cfg.obs in ("finetune", "scratch"):
             h, w, c = env_space["camera"].shape  # type: ignore[misc]
             parts["camera"] = spaces.Box(0, 255, (c, h, w), np.uint8)
-        for key in ("measurements", "state"):
+        for key in VECTOR_KEYS:
             if key in env_space.spaces:
                 parts[key] = env_space.spaces[key]
         self.space = spaces.Dict(parts)
@@ -69,7 +69,7 @@ class ObservationPath:
             out["embedding"] = emb.float().cpu().numpy()[0]
         elif "camera" in self.space.spaces:
             out["camera"] = np.ascontiguousarray(np.transpose(obs["camera"], (2, 0, 1)))
-        for key in ("measurements", "state"):
+        for key in VECTOR_KEYS:
             if key in self.space.spaces:
                 out[key] = np.asarray(obs[key], np.float32)
         return out

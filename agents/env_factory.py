@@ -82,6 +82,12 @@ class ActionLog(gym.Wrapper[Any, Any, Any, Any]):
         return obs
 
 
+#: The vector observations a policy sees next to its image features, when the env has
+#: them: ``measurements`` (always), ``decision`` (the ``behavior`` layer's target speed and
+#: lane) and ``state`` (privileged path).
+VECTOR_KEYS = ("measurements", "decision", "state")
+
+
 def env_overrides(cfg: TrainConfig) -> list[str]:
     """Env overrides for the run's observation path."""
     extra = list(cfg.env_overrides)

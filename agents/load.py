@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 from stable_baselines3.sac.policies import MultiInputPolicy as MultiInputSACPolicy
 
+from agents.env_factory import VECTOR_KEYS
 from agents.extractors import extractor_kwargs
 from agents.saving import (
     AGENT_FILE,
@@ -124,7 +125,7 @@ class TrainedPolicy:
             batch["embedding"] = emb.float().cpu().numpy()
         elif self.obs_path in ("finetune", "scratch"):
             batch["camera"] = np.ascontiguousarray(np.transpose(obs["camera"], (2, 0, 1))[None])
-        for key in ("measurements", "state"):
+        for key in VECTOR_KEYS:
             if key in self.policy.observation_space.spaces:
                 batch[key] = np.asarray(obs[key], np.float32)[None]
         if self.normalization:

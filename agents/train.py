@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from gymnasium import spaces
 from safetensors.torch import load_file, save_file
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -38,7 +39,7 @@ from stable_baselines3.common.vec_env import (
 )
 
 from agents.config import TrainConfig
-from agents.env_factory import env_fns
+from agents.env_factory import VECTOR_KEYS, env_fns
 from agents.extractors import extractor_kwargs
 from agents.saving import (
     AGENT_FILE,
@@ -76,15 +77,13 @@ def build_vec_env(cfg: TrainConfig, device: torch.device) -> VecNormalize:
     # The frozen path embeds frames before the next step, so zero-copy views are safe.
     venv: VecEnv = (SharedMemoryVecEnv(fns, copy_obs=cfg.obs != "frozen")
                     if cfg.num_envs > 1 else DummyVecEnv(fns))
-    keys: list[str] = ["measurements"]
     if cfg.obs == "frozen":
         from agents.embedding_vec_env import EmbeddingVecEnv
 
         assert cfg.encoder is not None
         venv = EmbeddingVecEnv(venv, Path(cfg.encoder), device=device)
-        keys = ["embedding", "measurements"]
-    elif cfg.obs == "privileged":
-        keys = ["measurements", "state"]
+    assert isinstance(venv.observation_space, spaces.Dict)
+    keys = [k for k in ("embedding", *VECTOR_KEYS) if k in venv.observation_space.spaces]
     return VecNormalize(venv, norm_obs=True, norm_reward=True, norm_obs_keys=keys,
                         gamma=cfg.ppo.gamma if cfg.algo == "ppo" else cfg.sac.gamma)
 

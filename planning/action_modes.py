@@ -7,6 +7,10 @@ tracked by :class:`planning.path_tracker.PathTracker`. The rewards of the contro
 are summed and their ``events`` concatenated in ``info["events"]``; ``info`` also gets
 ``control_steps`` and ``decision`` (what the layer is doing).
 
+The ``behavior`` layer holds state a policy cannot see in the camera or the measurements
+(its target speed and target lane), so its observations gain a ``decision`` vector;
+without it, whether to press ``faster`` again is not a function of the observation.
+
 Neither layer looks at other road users or signals: a policy that keeps choosing
 ``faster`` crashes, and one that never chooses ``stop`` runs red lights.
 """
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -33,6 +37,8 @@ MIN_TRANSITION_M = 8.0
 RECENTRE_S = 1.5
 #: Path length beyond the transition and the decision's travel [m].
 PATH_MARGIN_M = 40.0
+#: Clip of the ``behavior`` observation's target-lane offset [m].
+DECISION_OFFSET_CLIP_M = 10.0
 
 
 class MetaAction(enum.IntEnum):
@@ -81,6 +87,10 @@ class DecisionWrapper(gym.Wrapper[dict[str, NDArray[Any]], Any, dict[str, NDArra
     def on_reset(self) -> None:
         """Initialise the decision state after a reset."""
 
+    def observe(self, obs: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
+        """The layer's observation (default: the env's, unchanged)."""
+        return obs
+
     # ------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
@@ -92,7 +102,7 @@ class DecisionWrapper(gym.Wrapper[dict[str, NDArray[Any]], Any, dict[str, NDArra
         self.on_reset()
         info = dict(info)
         info["decision"] = self.describe()
-        return obs, info
+        return self.observe(obs), info
 
     def step(self, action: Any) -> tuple[dict[str, NDArray[Any]], float, bool, bool,
                                          dict[str, Any]]:
@@ -120,7 +130,7 @@ class DecisionWrapper(gym.Wrapper[dict[str, NDArray[Any]], Any, dict[str, NDArra
         info["events"] = events
         info["control_steps"] = done_steps
         info["decision"] = self.describe()
-        return obs, total, terminated, truncated, info
+        return self.observe(obs), total, terminated, truncated, info
 
     # ------------------------------------------------------------------ helpers
     def ego_relative_to(self, lane_id: str) -> tuple[float, float, float]:
@@ -172,6 +182,10 @@ class DecisionWrapper(gym.Wrapper[dict[str, NDArray[Any]], Any, dict[str, NDArra
 class BehaviorWrapper(DecisionWrapper):
     """``behavior`` mode: ``Discrete(6)`` meta-actions (see :class:`MetaAction`).
 
+    Observations gain ``decision``: float32 (3,) = target speed [m/s], lateral position
+    of the target lane's centre relative to the ego (left positive, clipped to
+    +-``DECISION_OFFSET_CLIP_M``) [m], time left in the current lane change [s].
+
     ``change_left`` / ``change_right`` move the target lane to the neighbour (if there is
     none the action keeps the lane), completing the move over ``lane_change_s``;
     ``faster`` / ``slower`` change the target speed by ``speed_step_mps``; ``stop`` sets
@@ -192,6 +206,25 @@ class BehaviorWrapper(DecisionWrapper):
         self.target_lane: str | None = None
         self.change_end_s = 0.0
         self.last_action = MetaAction.KEEP_LANE
+        assert isinstance(env.observation_space, spaces.Dict)
+        self.decision_space = spaces.Box(
+            np.array([0.0, -DECISION_OFFSET_CLIP_M, 0.0], np.float32),
+            np.array([self.cfg.max_speed_mps, DECISION_OFFSET_CLIP_M, self.cfg.lane_change_s],
+                     np.float32), dtype=np.float32)
+        self.observation_space = cast(
+            spaces.Space[dict[str, NDArray[Any]]],
+            spaces.Dict({**env.observation_space.spaces, "decision": self.decision_space}))
+
+    def observe(self, obs: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
+        """Add the ``decision`` vector (see the class docstring)."""
+        offset = 0.0
+        lane = self.carry_lane(self.target_lane)  # where the next decide() will look
+        if lane is not None:
+            offset = -self.ego_relative_to(lane)[1]
+        left = max(self.change_end_s - self.driving.sim_time_s, 0.0)
+        vec = np.array([self.target_speed_mps, offset, left], np.float32)
+        space = self.decision_space
+        return {**obs, "decision": np.clip(vec, space.low, space.high)}
 
     def on_reset(self) -> None:
         """Start in the ego's lane at its speed."""

@@ -69,6 +69,25 @@ def test_change_left_moves_one_lane_smoothly_within_the_configured_time() -> Non
     env.close()
 
 
+def test_behavior_observation_carries_the_layer_target() -> None:
+    env = _make("behavior", QUIET)
+    obs, _ = env.reset(seed=0, options={"start_lane": "main/f1"})
+    cfg = env.unwrapped.config.action.behavior
+    speed0 = float(obs["measurements"][0])
+    np.testing.assert_allclose(obs["decision"], [speed0, 0.0, 0.0], atol=1e-3)
+    obs, *_ = env.step(int(MetaAction.FASTER))
+    assert obs["decision"][0] == pytest.approx(speed0 + cfg.speed_step_mps, abs=1e-4)
+    obs, *_ = env.step(int(MetaAction.CHANGE_LEFT))
+    width = 3.75  # the highway's lane width [m]
+    # Target lane one lane to the left, nearly a full lane away after one decision.
+    assert 0.5 * width < obs["decision"][1] < 1.05 * width
+    steps = env.unwrapped.config.action.behavior.steps_per_decision
+    assert obs["decision"][2] == pytest.approx(cfg.lane_change_s - steps * env.unwrapped.dt,
+                                               abs=1e-4)
+    assert env.observation_space.contains(obs)
+    env.close()
+
+
 def test_change_towards_a_missing_neighbour_keeps_the_lane() -> None:
     env = _make("behavior", QUIET)
     env.reset(seed=0, options={"start_lane": "main/f0"})  # leftmost lane
