@@ -39,7 +39,9 @@ from envs.render.bev import BirdEyeView, BoxAgent
 from envs.sim.camera import CameraFrame, EgoCamera, select_renderer
 from envs.sim.conditions import draw_conditions
 from envs.sim.corruptions import Corruptor
+from envs.sim.egl_shading import EglShading
 from envs.sim.lidar import EGO_COLLISION_GROUP, Lidar
+from envs.sim.mesh_files import MeshFileCache
 from envs.sim.scene import Scene, SceneGeometry, SemanticClass, build_atlas, build_geometry
 from envs.sim.vehicle import EgoVehicle, VehicleState
 from envs.traffic.manager import EgoSlot, TrafficManager
@@ -105,6 +107,8 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
                 p.disconnect(physicsClientId=self.client)
                 self._closed = True
                 raise ValueError(str(exc)) from None
+        # The EGL plugin draws scene meshes only from files (see envs.sim.mesh_files).
+        self._mesh_files = MeshFileCache() if self.renderer_in_use == "egl" else None
         self.action_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
         obs: dict[str, spaces.Space[Any]] = {}
         hw = (cfg.camera.height, cfg.camera.width)
@@ -202,23 +206,31 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         self.conditions = draw_conditions(vis.randomize, vis.time_of_day, vis.texture_variants,
                                           vis.light_elevation_rad, vis.light_azimuth_rad,
                                           vis.ambient, vis.diffuse, visual_rng)
+        cond = self.conditions
+        # EGL ignores the ambient and diffuse coefficients and the light colour: bake them
+        # into what it draws (envs.sim.egl_shading). None keeps TinyRenderer's path as is.
+        shading = (EglShading.create(cond.light_direction, cond.light_color, cond.ambient,
+                                     cond.diffuse) if self.renderer_in_use == "egl" else None)
+        tint = shading.tint if shading is not None else None
         self.scene = Scene(c, geometry, cfg.scene, self._atlas(self.conditions.texture_variant),
-                           placeholder_visuals=self.renderer_in_use == "egl")
+                           placeholder_visuals=self.renderer_in_use == "egl",
+                           mesh_files=self._mesh_files, shading=shading)
         lane_id, s0, self.route = self.sample_start(rng, layout, options)
         lane = self.road_map.lane(lane_id)
         x, y = lane.position(s0)
         yaw = float(lane.heading_at(s0))
         speed = cfg.initial_speed_factor * lane.speed_limit_mps
         self.vehicle = EgoVehicle(c, cfg.vehicle, float(x), float(y), yaw, speed)
-        self.traffic = TrafficManager(c, self.road_map, cfg.traffic, self.dt, self.traffic_layout)
+        self.traffic = TrafficManager(c, self.road_map, cfg.traffic, self.dt, self.traffic_layout,
+                                      tint=tint)
         self.traffic.reset(rng, self.road_map.lane_index[lane_id], s0)
         self.signals = SignalStates(self.road_map)
-        self.signal_heads = (SignalHeads(c, self.road_map, cfg.scene.view_distance_m)
+        self.signal_heads = (SignalHeads(c, self.road_map, cfg.scene.view_distance_m, tint=tint)
                              if self.road_map.signals and cfg.sensors.renders else None)
         offset = getattr(cfg, "signal_time_offset_s", (0.0, 0.0))
         self.time_offset_s = float(rng.uniform(*offset)) if offset[1] > offset[0] else 0.0
         ped_cfg = getattr(cfg, "pedestrians", None)
-        self.pedestrians = (Pedestrians(c, self.road_map, ped_cfg, self.dt)
+        self.pedestrians = (Pedestrians(c, self.road_map, ped_cfg, self.dt, tint=tint)
                             if ped_cfg is not None else None)
         if self.pedestrians is not None:
             self.pedestrians.reset(rng, float(x), float(y))
@@ -621,6 +633,8 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         if not self._closed:
             p.disconnect(physicsClientId=self.client)
             self._closed = True
+            if self._mesh_files is not None:
+                self._mesh_files.close()
         super().close()
 
     def __del__(self) -> None:

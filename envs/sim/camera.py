@@ -2,7 +2,8 @@
 
 Frames come from pybullet's CPU TinyRenderer, or from its EGL plugin (hardware OpenGL
 without a display) on a GPU machine: :func:`select_renderer` resolves the configured
-``camera.renderer`` for one pybullet client.
+``camera.renderer`` for one pybullet client. Under EGL the projection is shifted half a
+pixel (:func:`tiny_pixel_grid`) so that both renderers sample the same points.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import math
 import os
 import pkgutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -141,6 +143,30 @@ def select_renderer(client: int, name: str) -> Literal["tiny", "egl"]:
     return "egl"
 
 
+def tiny_pixel_grid(projection: Sequence[float], width: int, height: int) -> tuple[float, ...]:
+    """Shift an OpenGL projection so that its pixels sample where TinyRenderer's do.
+
+    OpenGL samples pixel (column i, row j from the top) at its centre (i + 0.5, j + 0.5);
+    pybullet's TinyRenderer at (i, j + 1), half a pixel left of and below the centre.
+    Moving the image half a pixel right and up makes EGL frames line up with tiny ones
+    (without it every edge differs by half a pixel, which at 84 x 84 px is most of the
+    difference between the renderers' frames).
+
+    Args:
+        projection: Column-major 4 x 4 perspective matrix (``computeProjectionMatrixFOV``).
+        width / height: Image size [px].
+
+    Returns:
+        The shifted matrix, column-major.
+    """
+    m = list(projection)
+    # Perspective: w_clip = -z_eye (m[11] = -1), so adding s * w_clip to x_clip shifts
+    # x_ndc by s; a pixel is 2 / width in NDC, half a pixel 1 / width.
+    m[8] += (1.0 / width) * m[11]
+    m[9] += (1.0 / height) * m[11]
+    return tuple(m)
+
+
 class EgoCamera:
     """Renders the view from a camera rigidly mounted on the ego car.
 
@@ -157,6 +183,8 @@ class EgoCamera:
         self.cfg = cfg
         self.projection = p.computeProjectionMatrixFOV(
             math.degrees(cfg.fov_rad), cfg.width / cfg.height, cfg.near_m, cfg.far_m)
+        if renderer == "egl":
+            self.projection = tiny_pixel_grid(self.projection, cfg.width, cfg.height)
         self.background = self._background()
         self.renderer = renderer
         self._kwargs: dict[str, Any] = dict(

@@ -6,6 +6,11 @@ OpenCV-drawn texture atlas. pybullet's CPU renderer processes every triangle of 
 visible body, so :meth:`Scene.update_visibility` hides the cells the camera cannot see
 (a hidden body costs nothing to render). Barriers and roadside objects are static
 triangle-mesh colliders; the ground is a collision plane at z = 0.
+
+pybullet's EGL renderer cannot draw meshes given as vertex arrays: under EGL the cells are
+written as Wavefront files instead, one per atlas tile, with the episode's lighting baked
+in (see :mod:`envs.sim.mesh_files` and :mod:`envs.sim.egl_shading`), so that EGL frames
+look like TinyRenderer frames.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from common.config import require
 from envs.maps.geometry import FloatArray
 from envs.maps.road_map import Lane, Marking, RoadMap
 from envs.sim import textures
+from envs.sim.egl_shading import EglShading
+from envs.sim.mesh_files import MeshFileCache, TileMaterials
 
 #: Atlas tile size [px] (width, height); tiles sit side by side along the atlas width.
 _TILE_W, _TILE_H = 64, 96
@@ -397,11 +404,23 @@ class Scene:
         geometry: Prepared meshes (see :func:`build_geometry`).
         cfg: Scene parameters.
         atlas: A texture atlas from :func:`build_atlas` replacing the geometry's own.
+        placeholder_visuals: Give collision-only bodies a tiny transparent visual (needed
+            by pybullet's EGL plugin, see below).
+        mesh_files: Where to write the cell meshes as files, for pybullet's EGL plugin
+            (which cannot draw meshes given as vertex arrays); ``None`` (TinyRenderer)
+            passes the arrays directly.
+        shading: With ``mesh_files``: the episode's lighting, baked into the files' normals
+            and the shapes' colours so that EGL lights the scene as TinyRenderer does
+            (``None``: real normals, white).
     """
 
     def __init__(self, client: int, geometry: SceneGeometry, cfg: SceneConfig,
-                 atlas: np.ndarray | None = None, placeholder_visuals: bool = False) -> None:
+                 atlas: np.ndarray | None = None, placeholder_visuals: bool = False,
+                 mesh_files: MeshFileCache | None = None,
+                 shading: EglShading | None = None) -> None:
         self.client = client
+        self._mesh_files = mesh_files
+        self._shading = shading
         # pybullet's EGL plugin crashes (segfault) on a body whose plane or mesh collision
         # shape has no visual shape; a tiny transparent visual avoids that. Only under
         # EGL, so that TinyRenderer scenes stay exactly as before.
@@ -413,6 +432,10 @@ class Scene:
         self.body_class: dict[int, SemanticClass] = {}
         image = geometry.atlas if atlas is None else atlas
         self.texture_id = p.loadTexture(textures.texture_file(image), physicsClientId=client)
+        self._materials: TileMaterials | None = None
+        if mesh_files is not None:
+            mesh_files.begin_scene()
+            self._materials = mesh_files.tile_materials(image, image.shape[1] // _TILE_W)
         plane = p.createCollisionShape(p.GEOM_PLANE, physicsClientId=client)
         self.ground_id = p.createMultiBody(0, plane, self._placeholder,
                                            useMaximalCoordinates=True, physicsClientId=client)
@@ -435,6 +458,9 @@ class Scene:
         self._visible = np.zeros(len(geometry.cells), dtype=bool)
 
     def _show(self, i: int) -> None:
+        if self._mesh_files is not None:
+            self._show_from_files(i, self._mesh_files)
+            return
         c = self.client
         shape = self._shapes[i]
         if shape is None:
@@ -449,6 +475,31 @@ class Scene:
         p.changeVisualShape(body, -1, textureUniqueId=self.texture_id, physicsClientId=c)
         self.cell_bodies[i] = body
         self.body_class[body] = self.geometry.cells[i].cls
+
+    def _show_from_files(self, i: int, mesh_files: MeshFileCache) -> None:
+        """Show cell ``i`` from ``.obj`` files, one per atlas tile, each with its texture."""
+        c = self.client
+        cell = self.geometry.cells[i]
+        assert self._materials is not None
+        shape = self._shapes[i]
+        if shape is None:
+            shading = self._shading
+            normals = cell.normals if shading is None else shading.remap_normals(cell.normals)
+            rgb = (1.0, 1.0, 1.0) if shading is None else shading.scene_rgb()
+            # Files are only pruned when the next scene begins, so they outlive this one.
+            paths = mesh_files.mesh_files(cell.vertices, cell.uvs, normals, cell.indices,
+                                          self._materials)
+            k = len(paths)
+            # The shape colour multiplies the texture (and may exceed 1 under EGL).
+            shape = p.createVisualShapeArray(shapeTypes=[p.GEOM_MESH] * k, fileNames=paths,
+                                             meshScales=[[1.0, 1.0, 1.0]] * k,
+                                             rgbaColors=[[*rgb, 1.0]] * k,
+                                             physicsClientId=c)
+            self._shapes[i] = shape
+        body = int(p.createMultiBody(0, -1, shape, useMaximalCoordinates=True,
+                                     physicsClientId=c))
+        self.cell_bodies[i] = body
+        self.body_class[body] = cell.cls
 
     def _hide(self, i: int) -> None:
         body = self.cell_bodies[i]

@@ -10,6 +10,7 @@ Shapes: every per-vehicle array has shape (N,) with N = ``TrafficConfig.num_vehi
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,13 +118,18 @@ class TrafficManager:
         cfg: Traffic parameters.
         dt: Control period [s].
         layout: ``"corridor"`` or ``"network"``.
+        tint: Maps each body colour (RGBA) to the one to draw; ``None`` draws them as they
+            are. The EGL renderer uses it to match TinyRenderer's lighting
+            (see :mod:`envs.sim.egl_shading`).
     """
 
     def __init__(self, client: int, road_map: RoadMap, cfg: TrafficConfig, dt: float,
-                 layout: str = "corridor") -> None:
+                 layout: str = "corridor",
+                 tint: Callable[[Sequence[float]], list[float]] | None = None) -> None:
         if layout not in ("corridor", "network"):
             raise ValueError(f"unknown traffic layout {layout!r}; valid: corridor, network")
         self.layout = layout
+        self.tint = tint
         self.client = client
         self.map = road_map
         self.cfg = cfg
@@ -192,6 +198,8 @@ class TrafficManager:
                                                                  height * 0.2]]
                 frames = [[0, 0, height * 0.3], [-length * 0.05, 0, height * 0.75]]
                 colors = [color, [0.12, 0.13, 0.15, 1.0]]
+            if self.tint is not None:
+                colors = [self.tint(rgba) for rgba in colors]
             vis = p.createVisualShapeArray(shapeTypes=[p.GEOM_BOX, p.GEOM_BOX], halfExtents=half,
                                            visualFramePositions=frames, rgbaColors=colors,
                                            physicsClientId=c)

@@ -11,6 +11,7 @@ Shapes: per-pedestrian arrays have shape (N,) with N = ``num_pedestrians``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,11 +81,15 @@ class Pedestrians:
         road_map: Map with crosswalks.
         cfg: Behaviour.
         dt: Control period [s].
+        tint: Maps each body colour (RGBA) to the one to draw; ``None`` draws them as they
+            are (see :mod:`envs.sim.egl_shading`).
     """
 
     def __init__(self, client: int, road_map: RoadMap, cfg: PedestrianConfig,
-                 dt: float) -> None:
+                 dt: float, tint: Callable[[Sequence[float]], list[float]] | None = None,
+                 ) -> None:
         self.client = client
+        self.tint = tint
         self.map = road_map
         self.cfg = cfg
         self.dt = dt
@@ -140,6 +145,8 @@ class Pedestrians:
             self.wait[i] = rng.uniform(*self.cfg.wait_s)
             self.lateral[i] = rng.uniform(-1.0, 1.0)
             colour = [*_CLOTHES[rng.integers(len(_CLOTHES))].tolist(), 1.0]
+            if self.tint is not None:
+                colour = self.tint(colour)
             vis = p.createVisualShape(p.GEOM_BOX, halfExtents=[h / 2 for h in _SIZE],
                                       rgbaColor=colour, physicsClientId=c)
             col = p.createCollisionShape(p.GEOM_BOX, halfExtents=[h / 2 for h in _SIZE],

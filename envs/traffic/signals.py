@@ -8,6 +8,7 @@ near the ego (every body in the world costs physics time).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -57,10 +58,15 @@ class SignalHeads:
         client: pybullet client id.
         road_map: The map with its signals.
         radius_m: Heads farther than this from the ego are removed [m].
+        tint: Maps each head colour (RGBA) to the one to draw; ``None`` draws them as they
+            are (see :mod:`envs.sim.egl_shading`).
     """
 
-    def __init__(self, client: int, road_map: RoadMap, radius_m: float) -> None:
+    def __init__(self, client: int, road_map: RoadMap, radius_m: float,
+                 tint: Callable[[Sequence[float]], list[float]] | None = None) -> None:
         self.client = client
+        self._colours = (_COLOURS if tint is None
+                         else {state: tint(rgba) for state, rgba in _COLOURS.items()})
         self.map = road_map
         self.radius_m = radius_m
         self.xy = np.array([s.head_xy for s in road_map.signals]).reshape(-1, 2)
@@ -79,7 +85,8 @@ class SignalHeads:
             if near[k] and body is None:
                 sig = self.map.signals[k]
                 vis = p.createVisualShape(p.GEOM_BOX, halfExtents=[h / 2 for h in _HEAD_SIZE],
-                                          rgbaColor=_COLOURS[int(states[k])], physicsClientId=c)
+                                          rgbaColor=self._colours[int(states[k])],
+                                          physicsClientId=c)
                 half = 0.5 * sig.head_yaw
                 body = int(p.createMultiBody(0, -1, vis, basePosition=[*sig.head_xy, _HEAD_Z],
                                              baseOrientation=[0, 0, np.sin(half), np.cos(half)],
@@ -93,6 +100,6 @@ class SignalHeads:
                 self.bodies[k] = None
                 self.shown_state[k] = -1
             elif body is not None and self.shown_state[k] != states[k]:
-                p.changeVisualShape(body, -1, rgbaColor=_COLOURS[int(states[k])],
+                p.changeVisualShape(body, -1, rgbaColor=self._colours[int(states[k])],
                                     physicsClientId=c)
                 self.shown_state[k] = states[k]
