@@ -109,6 +109,8 @@ class TrainConfig:
         total_timesteps: Decisions to train for (PPO / SAC).
         seed: Seed of the run (policy initialisation, sampling, episode seeds).
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        compile_encoder: ``frozen`` path: run the encoder through ``torch.compile``
+            (pays off on a GPU; a minute of compiling on the CPU).
         checkpoint_every_steps: Decisions between checkpoints.
         max_minutes: Wall-clock budget of one invocation [min] (PPO/SAC stop at the
             first step past it; ``None``: no limit).
@@ -128,6 +130,7 @@ class TrainConfig:
     total_timesteps: int = 20_000
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile_encoder: bool = False
     checkpoint_every_steps: int = 2_048
     max_minutes: float | None = None
     init_from: str | None = None

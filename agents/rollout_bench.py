@@ -48,14 +48,14 @@ def torch_threads(num_threads: int) -> Iterator[None]:
 
 def _bench_one(num_envs: int, steps: int, warmup_steps: int, env_id: str, action_mode: str,
                encoder: Encoder | str | Path, device: torch.device,
-               overrides: Sequence[str], seed: int, start_method: str | None
-               ) -> dict[str, float]:
+               overrides: Sequence[str], seed: int, start_method: str | None,
+               compile_encoder: bool) -> dict[str, float | None]:
     env_fn = functools.partial(make_env, env_id, action_mode=action_mode,
                                overrides=tuple(overrides))
     # copy_obs=False: EmbeddingVecEnv consumes each batch of frames before the next step.
     venv = EmbeddingVecEnv(SharedMemoryVecEnv([env_fn] * num_envs, start_method=start_method,
                                               copy_obs=False),
-                           encoder=encoder, device=device)
+                           encoder=encoder, device=device, compile_encoder=compile_encoder)
     try:
         venv.seed(seed)
         venv.action_space.seed(seed)
@@ -70,6 +70,7 @@ def _bench_one(num_envs: int, steps: int, warmup_steps: int, env_id: str, action
             venv.step(batch)
         elapsed = time.perf_counter() - start
         encoder_s = venv.encoder_seconds
+        device_s = venv.device_seconds
     finally:
         venv.close()
     return {
@@ -77,14 +78,28 @@ def _bench_one(num_envs: int, steps: int, warmup_steps: int, env_id: str, action
         "env_steps_per_s": num_envs * steps / elapsed,
         "ms_per_vector_step": 1000.0 * elapsed / steps,
         "ms_encoder_per_step": 1000.0 * encoder_s / steps,
+        "device_busy_fraction": None if device_s is None else device_s / elapsed,
+        "gpu_utilization_percent": gpu_utilization_percent(device),
     }
+
+
+def gpu_utilization_percent(device: torch.device) -> float | None:
+    """The driver's GPU utilisation over its last sample period [%] (NVML, through
+    ``torch.cuda.utilization``); None on the CPU or without NVML (``pynvml``)."""
+    if device.type != "cuda":
+        return None
+    try:
+        return float(torch.cuda.utilization(device))
+    except Exception:  # pynvml missing or NVML unavailable: no figure, not an error
+        return None
 
 
 def bench_rollouts(num_envs_list: Sequence[int] = (1, 2, 4), steps: int = 300,
                    env_id: str = "Highway-v0", action_mode: str = "behavior",
                    encoder: Encoder | str | Path = "nature_cnn", device: str = "auto",
                    overrides: Sequence[str] = (), warmup_steps: int = 10, seed: int = 0,
-                   start_method: str | None = None) -> dict[str, Any]:
+                   start_method: str | None = None, compile_encoder: bool = False
+                   ) -> dict[str, Any]:
     """Measure batched-rollout throughput for each number of envs.
 
     Args:
@@ -99,12 +114,17 @@ def bench_rollouts(num_envs_list: Sequence[int] = (1, 2, 4), steps: int = 300,
         warmup_steps: Untimed vector steps first (first renders, allocator warm-up).
         seed: Seed of the envs (env i gets ``seed + i``) and of the random actions.
         start_method: Worker start method (None: forkserver where available).
+        compile_encoder: Run the encoder through ``torch.compile`` (compiled during the
+            warm-up steps, outside the timing).
 
     Returns:
         ``{"config": {...}, "results": [row, ...]}`` with one row per N:
         ``num_envs``, ``env_steps_per_s`` (N * steps / time), ``ms_per_vector_step``,
-        ``ms_encoder_per_step`` (embedding time, transfers included) and
-        ``speedup_vs_1`` (env steps per second relative to N=1; None when N=1 was not
+        ``ms_encoder_per_step`` (embedding time, transfers included),
+        ``device_busy_fraction`` (CUDA: GPU time of the embedding calls, from CUDA events,
+        over wall time; None on the CPU), ``gpu_utilization_percent`` (NVML's figure at
+        the end of the run; None on the CPU or without NVML) and ``speedup_vs_1``
+        (env steps per second relative to N=1; None when N=1 was not
         measured).
 
     Raises:
@@ -119,7 +139,7 @@ def bench_rollouts(num_envs_list: Sequence[int] = (1, 2, 4), steps: int = 300,
     with torch_threads(1):
         for n in num_envs_list:
             rows.append(_bench_one(int(n), steps, warmup_steps, env_id, action_mode, encoder,
-                                   dev, overrides, seed, start_method))
+                                   dev, overrides, seed, start_method, compile_encoder))
     base = next((r["env_steps_per_s"] for r in rows if r["num_envs"] == 1), None)
     for row in rows:
         row["speedup_vs_1"] = row["env_steps_per_s"] / base if base else None
@@ -127,7 +147,8 @@ def bench_rollouts(num_envs_list: Sequence[int] = (1, 2, 4), steps: int = 300,
         "config": {"env_id": env_id, "action_mode": action_mode,
                    "encoder": encoder if isinstance(encoder, str) else str(
                        getattr(encoder, "name", encoder)),
-                   "device": str(dev), "steps": steps, "warmup_steps": warmup_steps,
+                   "device": str(dev), "compile_encoder": compile_encoder,
+                   "steps": steps, "warmup_steps": warmup_steps,
                    "overrides": list(overrides), "torch_threads": 1, "worker_threads": 1},
         "results": rows,
     }

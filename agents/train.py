@@ -81,7 +81,8 @@ def build_vec_env(cfg: TrainConfig, device: torch.device) -> VecNormalize:
         from agents.embedding_vec_env import EmbeddingVecEnv
 
         assert cfg.encoder is not None
-        venv = EmbeddingVecEnv(venv, Path(cfg.encoder), device=device)
+        venv = EmbeddingVecEnv(venv, Path(cfg.encoder), device=device,
+                              compile_encoder=cfg.compile_encoder)
     assert isinstance(venv.observation_space, spaces.Dict)
     keys = [k for k in ("embedding", *VECTOR_KEYS) if k in venv.observation_space.spaces]
     return VecNormalize(venv, norm_obs=True, norm_reward=True, norm_obs_keys=keys,

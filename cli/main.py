@@ -40,7 +40,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from agents.rollout_bench import bench_rollouts
 
         results["rollouts"] = bench_rollouts(tuple(args.workers), steps=args.rollout_steps,
-                                             device=args.device)
+                                             device=args.device, compile_encoder=args.compile)
     if args.ray:
         from agents.rollout_bench import bench_ray_actors
 
@@ -375,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="vector steps per rollout measurement")
     bench.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                        help="device of the rollout encoder")
+    bench.add_argument("--compile", action="store_true",
+                       help="run the rollout encoder through torch.compile")
     bench.add_argument("--ray", type=_count, nargs="+", default=None, metavar="N",
                        help="also measure env steps/s with N Ray actors, each stepping one "
                             "env (e.g. --ray 1 2)")

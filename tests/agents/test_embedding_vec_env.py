@@ -134,3 +134,23 @@ def test_bench_rollouts_smoke() -> None:
                     "speedup_vs_1"):
             assert row[key] > 0, key
     assert rows[0]["speedup_vs_1"] == pytest.approx(1.0)
+
+
+def test_compiled_encoder_gives_the_same_embeddings() -> None:
+    torch.manual_seed(0)
+    encoder = build_encoder("nature_cnn", embed_dim=16, image_size=(64, 64))
+    camera_env = DummyVecEnv([CONTROL_FN])
+    venv = EmbeddingVecEnv(DummyVecEnv([CONTROL_FN]), encoder, device="cpu",
+                           compile_encoder=True)
+    try:
+        assert venv.compiled
+        venv.seed(3)
+        camera_env.seed(3)
+        obs = venv.reset()
+        frames = camera_env.reset()["camera"]
+        np.testing.assert_allclose(obs["embedding"], _reference(venv.encoder, frames),
+                                   rtol=1e-4, atol=1e-5)
+        assert venv.device_seconds is None  # GPU time is only measured on CUDA
+    finally:
+        venv.close()
+        camera_env.close()
