@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import copy
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -109,23 +111,47 @@ def drive(env: gym.Env[Any, Any], path: ObservationPath, expert: ExpertPolicy,
     return observations, labels
 
 
+def split_episodes(episode_ids: list[int], val_fraction: float, generator: torch.Generator
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of the training and validation episodes (whole episodes held out).
+
+    At least one episode stays in training; with ``val_fraction`` 0 or a single episode
+    there is no validation set.
+    """
+    ids = np.asarray(episode_ids)
+    unique = np.unique(ids)
+    n_val = min(int(round(val_fraction * len(unique))), len(unique) - 1)
+    order = torch.randperm(len(unique), generator=generator).numpy()
+    val_eps = unique[order[:n_val]]
+    is_val = np.isin(ids, val_eps)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
 def fit(policy: MultiInputActorCriticPolicy, data: list[dict[str, np.ndarray]],
-        actions: list[Any], stats: dict[str, Any], cfg: TrainConfig,
-        generator: torch.Generator, device: torch.device) -> float:
-    """Maximum-likelihood fit of the policy's action distribution; returns the last
-    epoch's mean negative log-likelihood."""
+        actions: list[Any], episode_ids: list[int], stats: dict[str, Any], cfg: TrainConfig,
+        generator: torch.Generator, device: torch.device) -> dict[str, float]:
+    """Maximum-likelihood fit of the policy's action distribution, with early stopping on
+    held-out episodes (``bc.val_fraction``, ``bc.patience``).
+
+    Returns:
+        ``train_nll`` (mean over the last epoch's minibatches), ``val_nll`` (of the kept
+        weights; NaN without validation) and ``epochs`` run.
+    """
     keys = list(data[0])
     arrays = normalize_obs({k: np.stack([d[k] for d in data]) for k in keys}, stats)
     tensors = {k: torch.as_tensor(v, device=device) for k, v in arrays.items()}
     target = torch.as_tensor(np.asarray(actions), device=device)
+    train_rows, val_rows = split_episodes(episode_ids, cfg.bc.val_fraction, generator)
+    train_idx = torch.as_tensor(train_rows, device=device)
+    val_idx = torch.as_tensor(val_rows, device=device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.bc.learning_rate)
-    policy.set_training_mode(True)
-    n = len(data)
-    last = float("nan")
-    for _ in range(cfg.bc.epochs):
-        order = torch.randperm(n, generator=generator).to(device)
+    best_val, best_state, stale = math.inf, None, 0
+    last, epochs = float("nan"), 0
+    for epochs in range(1, cfg.bc.epochs + 1):  # noqa: B007 (reported after the loop)
+        policy.set_training_mode(True)
+        order = train_idx[torch.randperm(len(train_idx), generator=generator).to(device)]
         losses = []
-        for start in range(0, n, cfg.bc.batch_size):
+        for start in range(0, len(order), cfg.bc.batch_size):
             idx = order[start:start + cfg.bc.batch_size]
             batch = {k: v[idx] for k, v in tensors.items()}
             _, log_prob, _ = policy.evaluate_actions(batch, target[idx])
@@ -136,8 +162,25 @@ def fit(policy: MultiInputActorCriticPolicy, data: list[dict[str, np.ndarray]],
             optimizer.step()
             losses.append(float(loss.detach()))
         last = float(np.mean(losses))
+        if len(val_idx) == 0:
+            continue
+        policy.set_training_mode(False)
+        with torch.no_grad():
+            _, log_prob, _ = policy.evaluate_actions({k: v[val_idx] for k, v in tensors.items()},
+                                                     target[val_idx])
+        val = float(-log_prob.mean())
+        if val < best_val:
+            best_val, stale = val, 0
+            best_state = copy.deepcopy(policy.state_dict())
+        else:
+            stale += 1
+            if stale >= cfg.bc.patience:
+                break
+    if best_state is not None:
+        policy.load_state_dict(best_state)
     policy.set_training_mode(False)
-    return last
+    return {"train_nll": last, "val_nll": best_val if best_state is not None else math.nan,
+            "epochs": float(epochs)}
 
 
 def train_bc(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> Any:
@@ -166,28 +209,34 @@ def train_bc(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> An
     generator = torch.Generator().manual_seed(cfg.seed)
     data: list[dict[str, np.ndarray]] = []
     actions: list[Any] = []
+    episode_ids: list[int] = []
     bar = tqdm(total=cfg.bc.episodes + cfg.bc.dagger_iterations * cfg.bc.dagger_episodes,
                desc="bc episodes", disable=not progress)
     first_seed: int | None = cfg.seed  # later resets draw train seeds
     for _ in range(cfg.bc.episodes):
         obs, acts = drive(env, path, expert, None, None, cfg.bc.max_steps, first_seed)
         first_seed = None
+        episode_ids += [bar.n] * len(obs)
         data += obs
         actions += acts
         bar.update(1)
     vector_keys = [k for k in path.space.spaces if k != "camera"]
     stats = normalization_stats(data, vector_keys)
-    loss = fit(policy, data, actions, stats, cfg, generator, device)
+    fit_info = fit(policy, data, actions, episode_ids, stats, cfg, generator, device)
     for _ in range(cfg.bc.dagger_iterations):
         for _ in range(cfg.bc.dagger_episodes):
             obs, acts = drive(env, path, expert, policy, stats, cfg.bc.max_steps, None)
+            episode_ids += [bar.n] * len(obs)
             data += obs
             actions += acts
             bar.update(1)
         stats = normalization_stats(data, vector_keys)
-        loss = fit(policy, data, actions, stats, cfg, generator, device)
+        fit_info = fit(policy, data, actions, episode_ids, stats, cfg, generator, device)
     bar.close()
     env.close()
     agent_dir = save_agent(out / "final", policy, cfg, None, algo="bc", normalization=stats,
-                           extra={"bc_samples": len(data), "bc_final_nll": loss})
+                           extra={"bc_samples": len(data), "bc_final_nll": fit_info["train_nll"],
+                                  "bc_val_nll": (None if math.isnan(fit_info["val_nll"])
+                                                 else fit_info["val_nll"]),
+                                  "bc_epochs": fit_info["epochs"]})
     return TrainResult(out, agent_dir, len(data), 0, (time.perf_counter() - start) / 60.0)

@@ -77,9 +77,14 @@ class BCConfig:
             the learner for ``dagger_episodes`` episodes, labels its states with the
             expert and retrains on everything.
         dagger_episodes: Learner episodes per DAgger round.
-        epochs: Passes over the data per fit.
+        epochs: Passes over the data per fit at most.
         batch_size: Minibatch size.
         learning_rate: Adam learning rate.
+        val_fraction: Share of the recorded episodes held out of each fit; the fit keeps
+            the weights of the epoch with the lowest validation negative log-likelihood
+            (0: no hold-out, the last epoch's weights). Without it the policy, trained
+            again after every DAgger round, overfits and drives worse with more data.
+        patience: Epochs without a better validation loss before a fit stops.
     """
 
     episodes: int = 20
@@ -89,6 +94,13 @@ class BCConfig:
     epochs: int = 20
     batch_size: int = 256
     learning_rate: float = 1e-3
+    val_fraction: float = 0.15
+    patience: int = 5
+
+    def __post_init__(self) -> None:
+        require(0.0 <= self.val_fraction < 1.0, "bc.val_fraction must be in [0, 1)")
+        require(self.patience >= 1 and self.epochs >= 1, "bc.patience and bc.epochs must be "
+                ">= 1")
 
 
 @dataclass(frozen=True)
