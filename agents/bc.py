@@ -111,27 +111,38 @@ def drive(env: gym.Env[Any, Any], path: ObservationPath, expert: ExpertPolicy,
     return observations, labels
 
 
-def split_episodes(episode_ids: list[int], val_fraction: float, generator: torch.Generator
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices of the training and validation episodes (whole episodes held out).
+class EpisodeSplit:
+    """Assigns each recorded episode to training or validation once, when it is recorded,
+    so that a policy trained again after every DAgger round never trains on the episodes
+    that pick its epoch. The first episode always trains.
 
-    At least one episode stays in training; with ``val_fraction`` 0 or a single episode
-    there is no validation set.
+    Args:
+        val_fraction: Probability that an episode is held out.
+        seed: Seed of the draws.
     """
-    ids = np.asarray(episode_ids)
-    unique = np.unique(ids)
-    n_val = min(int(round(val_fraction * len(unique))), len(unique) - 1)
-    order = torch.randperm(len(unique), generator=generator).numpy()
-    val_eps = unique[order[:n_val]]
-    is_val = np.isin(ids, val_eps)
-    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+    def __init__(self, val_fraction: float, seed: int) -> None:
+        self.val_fraction = val_fraction
+        self.rng = np.random.default_rng(seed)
+        self.rows: list[bool] = []
+        self.episodes = 0
+
+    def add(self, length: int) -> None:
+        """Record an episode of ``length`` rows."""
+        held_out = self.episodes > 0 and bool(self.rng.random() < self.val_fraction)
+        self.rows += [held_out] * length
+        self.episodes += 1
+
+    def is_val(self) -> np.ndarray:
+        """Boolean per recorded row: True for the validation rows."""
+        return np.asarray(self.rows, bool)
 
 
 def fit(policy: MultiInputActorCriticPolicy, data: list[dict[str, np.ndarray]],
-        actions: list[Any], episode_ids: list[int], stats: dict[str, Any], cfg: TrainConfig,
+        actions: list[Any], is_val: np.ndarray, stats: dict[str, Any], cfg: TrainConfig,
         generator: torch.Generator, device: torch.device) -> dict[str, float]:
     """Maximum-likelihood fit of the policy's action distribution, with early stopping on
-    held-out episodes (``bc.val_fraction``, ``bc.patience``).
+    held-out episodes (``is_val`` per row, see :class:`EpisodeSplit`; ``bc.patience``).
 
     Returns:
         ``train_nll`` (mean over the last epoch's minibatches), ``val_nll`` (of the kept
@@ -141,9 +152,8 @@ def fit(policy: MultiInputActorCriticPolicy, data: list[dict[str, np.ndarray]],
     arrays = normalize_obs({k: np.stack([d[k] for d in data]) for k in keys}, stats)
     tensors = {k: torch.as_tensor(v, device=device) for k, v in arrays.items()}
     target = torch.as_tensor(np.asarray(actions), device=device)
-    train_rows, val_rows = split_episodes(episode_ids, cfg.bc.val_fraction, generator)
-    train_idx = torch.as_tensor(train_rows, device=device)
-    val_idx = torch.as_tensor(val_rows, device=device)
+    train_idx = torch.as_tensor(np.flatnonzero(~is_val), device=device)
+    val_idx = torch.as_tensor(np.flatnonzero(is_val), device=device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.bc.learning_rate)
     best_val, best_state, stale = math.inf, None, 0
     last, epochs = float("nan"), 0
@@ -209,29 +219,29 @@ def train_bc(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> An
     generator = torch.Generator().manual_seed(cfg.seed)
     data: list[dict[str, np.ndarray]] = []
     actions: list[Any] = []
-    episode_ids: list[int] = []
+    split = EpisodeSplit(cfg.bc.val_fraction, cfg.seed)
     bar = tqdm(total=cfg.bc.episodes + cfg.bc.dagger_iterations * cfg.bc.dagger_episodes,
                desc="bc episodes", disable=not progress)
     first_seed: int | None = cfg.seed  # later resets draw train seeds
     for _ in range(cfg.bc.episodes):
         obs, acts = drive(env, path, expert, None, None, cfg.bc.max_steps, first_seed)
         first_seed = None
-        episode_ids += [bar.n] * len(obs)
+        split.add(len(obs))
         data += obs
         actions += acts
         bar.update(1)
     vector_keys = [k for k in path.space.spaces if k != "camera"]
     stats = normalization_stats(data, vector_keys)
-    fit_info = fit(policy, data, actions, episode_ids, stats, cfg, generator, device)
+    fit_info = fit(policy, data, actions, split.is_val(), stats, cfg, generator, device)
     for _ in range(cfg.bc.dagger_iterations):
         for _ in range(cfg.bc.dagger_episodes):
             obs, acts = drive(env, path, expert, policy, stats, cfg.bc.max_steps, None)
-            episode_ids += [bar.n] * len(obs)
+            split.add(len(obs))
             data += obs
             actions += acts
             bar.update(1)
         stats = normalization_stats(data, vector_keys)
-        fit_info = fit(policy, data, actions, episode_ids, stats, cfg, generator, device)
+        fit_info = fit(policy, data, actions, split.is_val(), stats, cfg, generator, device)
     bar.close()
     env.close()
     agent_dir = save_agent(out / "final", policy, cfg, None, algo="bc", normalization=stats,

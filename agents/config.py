@@ -80,10 +80,11 @@ class BCConfig:
         epochs: Passes over the data per fit at most.
         batch_size: Minibatch size.
         learning_rate: Adam learning rate.
-        val_fraction: Share of the recorded episodes held out of each fit; the fit keeps
-            the weights of the epoch with the lowest validation negative log-likelihood
-            (0: no hold-out, the last epoch's weights). Without it the policy, trained
-            again after every DAgger round, overfits and drives worse with more data.
+        val_fraction: Share of the recorded episodes held out of every fit (drawn once
+            per episode); the fit keeps the weights of the epoch with the lowest
+            validation negative log-likelihood and stops after ``patience`` epochs
+            without a better one. 0 (the default): no hold-out, every fit runs ``epochs``
+            epochs and keeps the last weights, which drove best in our runs (README).
         patience: Epochs without a better validation loss before a fit stops.
     """
 
@@ -94,7 +95,7 @@ class BCConfig:
     epochs: int = 20
     batch_size: int = 256
     learning_rate: float = 1e-3
-    val_fraction: float = 0.15
+    val_fraction: float = 0.0
     patience: int = 5
 
     def __post_init__(self) -> None:
