@@ -2,27 +2,36 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 
-from agents.bc import fit, normalization_stats, split_episodes
+from agents.bc import EpisodeSplit, fit, normalization_stats
 from agents.config import load_train_config
 from agents.saving import normalize_obs
 
 
-def test_split_holds_out_whole_episodes() -> None:
-    ids = [0] * 5 + [1] * 3 + [2] * 4 + [3] * 6
-    train, val = split_episodes(ids, 0.5, torch.Generator().manual_seed(0))
-    assert sorted([*train, *val]) == list(range(len(ids)))
-    train_eps = {ids[i] for i in train}
-    val_eps = {ids[i] for i in val}
-    assert len(val_eps) == 2 and not train_eps & val_eps
-    # One episode only, or no hold-out: everything trains.
-    assert len(split_episodes([7] * 4, 0.5, torch.Generator())[1]) == 0
-    assert len(split_episodes(ids, 0.0, torch.Generator())[1]) == 0
+def test_episodes_are_assigned_to_validation_once_and_whole() -> None:
+    split = EpisodeSplit(0.5, seed=0)
+    lengths = [5, 3, 4, 6, 2, 7, 3, 5]
+    for n in lengths[:4]:
+        split.add(n)
+    first = split.is_val().copy()
+    for n in lengths[4:]:
+        split.add(n)
+    rows = split.is_val()
+    assert len(rows) == sum(lengths)
+    np.testing.assert_array_equal(rows[:len(first)], first)  # earlier choices stay
+    assert not rows[:lengths[0]].any()  # the first episode always trains
+    bounds = np.cumsum([0, *lengths])
+    per_episode = [set(rows[a:b].tolist()) for a, b in itertools.pairwise(bounds)]
+    assert all(len(v) == 1 for v in per_episode)  # whole episodes
+    assert 0 < rows.sum() < len(rows)
+    assert not EpisodeSplit(0.0, seed=0).is_val().any()
 
 
 def test_fit_stops_when_validation_stops_improving_and_keeps_the_best_weights() -> None:
@@ -32,7 +41,10 @@ def test_fit_stops_when_validation_stops_improving_and_keeps_the_best_weights() 
     n, episodes = 600, 12
     data = [{"measurements": rng.normal(size=8).astype(np.float32)} for _ in range(n)]
     actions = rng.integers(0, 6, n).tolist()
-    episode_ids = [i * episodes // n for i in range(n)]
+    split = EpisodeSplit(0.25, seed=1)
+    for _ in range(episodes):
+        split.add(n // episodes)
+    is_val = split.is_val()
     cfg = load_train_config(overrides=["bc.epochs=200", "bc.patience=3", "bc.batch_size=32",
                                        "bc.val_fraction=0.25"])
     space = spaces.Dict({"measurements": spaces.Box(-np.inf, np.inf, (8,), np.float32)})
@@ -40,12 +52,12 @@ def test_fit_stops_when_validation_stops_improving_and_keeps_the_best_weights() 
     policy = MultiInputActorCriticPolicy(space, spaces.Discrete(6), lambda _: 1e-3,
                                          net_arch=[128, 128])
     stats = normalization_stats(data, ["measurements"])
-    info = fit(policy, data, actions, episode_ids, stats, cfg, torch.Generator().manual_seed(1),
+    info = fit(policy, data, actions, is_val, stats, cfg, torch.Generator().manual_seed(1),
                torch.device("cpu"))
     assert 3 < info["epochs"] < 200
     assert info["train_nll"] < info["val_nll"]  # it overfits, and was stopped
     # The kept weights are the best epoch's: their validation loss is what fit reports.
-    _, val_rows = split_episodes(episode_ids, 0.25, torch.Generator().manual_seed(1))
+    val_rows = np.flatnonzero(is_val)
     x = normalize_obs({"measurements": np.stack([data[i]["measurements"] for i in val_rows])},
                       stats)
     with torch.no_grad():
