@@ -29,7 +29,9 @@ class PPOConfig:
 
     ``value_warmup_steps``: with ``init_from``, train only the value function for this many
     decisions first, so that the starting policy is not pushed around by advantages from
-    an untrained critic.
+    an untrained critic. ``target_kl``: stop an update's epochs once the approximate KL
+    divergence from the rollout policy exceeds it (None: never); fine-tuning a cloned
+    policy needs it, or the first updates move it far from what it imitated.
     """
 
     n_steps: int = 128
@@ -44,9 +46,11 @@ class PPOConfig:
     max_grad_norm: float = 0.5
     net_arch: tuple[int, ...] = (256, 256)
     value_warmup_steps: int = 0
+    target_kl: float | None = None
 
     def __post_init__(self) -> None:
         require(self.value_warmup_steps >= 0, "ppo.value_warmup_steps must be >= 0")
+        require(self.target_kl is None or self.target_kl > 0, "ppo.target_kl must be > 0 or null")
         require(self.n_steps >= 2 and self.batch_size >= 2, "ppo.n_steps and ppo.batch_size "
                 "must be >= 2")
 

@@ -98,7 +98,7 @@ def build_model(cfg: TrainConfig, venv: VecEnv, device: torch.device, tb_dir: Pa
         return PPO("MultiInputPolicy", venv, n_steps=p.n_steps, batch_size=p.batch_size,
                    n_epochs=p.n_epochs, learning_rate=p.learning_rate, gamma=p.gamma,
                    gae_lambda=p.gae_lambda, clip_range=p.clip_range, ent_coef=p.ent_coef,
-                   vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm,
+                   vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm, target_kl=p.target_kl,
                    policy_kwargs={"net_arch": list(p.net_arch), **extractor},
                    tensorboard_log=str(tb_dir), seed=cfg.seed, device=device, verbose=0)
     s = cfg.sac
