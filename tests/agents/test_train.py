@@ -35,6 +35,10 @@ def test_bad_configs_are_rejected_with_the_choices() -> None:
         TrainConfig(env_id="Moon-v0", obs="privileged")
     with pytest.raises(ConfigError, match="valid keys"):
         load_train_config(overrides=["learning_rate=1"])
+    with pytest.raises(ConfigError, match="ppo.target_kl must be > 0"):
+        load_train_config(overrides=["ppo.target_kl=0"])
+    with pytest.raises(ConfigError, match=r"bc.val_fraction must be in \[0, 1\)"):
+        load_train_config(overrides=["bc.val_fraction=1.5"])
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path: Path) -> None:
