@@ -220,7 +220,12 @@ class DrivingEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         x, y = lane.position(s0)
         yaw = float(lane.heading_at(s0))
         speed = cfg.initial_speed_factor * lane.speed_limit_mps
-        self.vehicle = EgoVehicle(c, cfg.vehicle, float(x), float(y), yaw, speed)
+        # The camera sits inside the car, which is hidden from it (alpha 0, below). EGL's
+        # segmentation mask ignores alpha, so there the car would still cover the bottom
+        # of every semantic image: under EGL it gets no drawable shapes at all.
+        # TinyRenderer keeps the drawn, hidden car, so its frames stay as they were.
+        self.vehicle = EgoVehicle(c, cfg.vehicle, float(x), float(y), yaw, speed,
+                                  drawn=self.renderer_in_use != "egl")
         self.traffic = TrafficManager(c, self.road_map, cfg.traffic, self.dt, self.traffic_layout,
                                       tint=tint)
         self.traffic.reset(rng, self.road_map.lane_index[lane_id], s0)

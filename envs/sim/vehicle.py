@@ -234,6 +234,10 @@ class EgoVehicle:
         y: Initial reference-point y [m].
         yaw: Initial heading [rad].
         speed_mps: Initial forward speed [m/s] (wheels spin to match).
+        drawn: Give the car its visual shapes (body, cabin, wheels). ``False`` gives
+            every link a zero-size shape instead, which no renderer draws: for a camera
+            inside the car under EGL, whose segmentation mask (unlike TinyRenderer's)
+            keeps bodies made transparent. Physics is the same either way.
 
     Attributes:
         body_id: pybullet body id of the car.
@@ -242,7 +246,7 @@ class EgoVehicle:
     """
 
     def __init__(self, client: int, cfg: VehicleConfig, x: float, y: float, yaw: float,
-                 speed_mps: float = 0.0) -> None:
+                 speed_mps: float = 0.0, drawn: bool = True) -> None:
         self.client = client
         self.cfg = cfg
         r = cfg.wheel_radius_m
@@ -255,14 +259,19 @@ class EgoVehicle:
         # Rolling-resistance torque per wheel [N m] (even load split is close enough).
         self._rr_torque_nm = cfg.rolling_resistance * cfg.mass_kg * GRAVITY_MPS2 * r / 4.0
         self._top_wheel_speed = cfg.max_speed_mps / r
-        self.body_id = self._build()
+        self.body_id = self._build(drawn)
         self.steer_cmd = 0.0
         self.accel_cmd = 0.0
         self.reset(x, y, yaw, speed_mps)
 
     # ------------------------------------------------------------------ build
-    def _build(self) -> int:
-        """Create the multibody and set its dynamics; return the body id."""
+    def _build(self, drawn: bool = True) -> int:
+        """Create the multibody and set its dynamics; return the body id.
+
+        Args:
+            drawn: Use the visual shapes made here; ``False`` gives every link a
+                zero-size one instead (see the class docstring).
+        """
         cfg, c = self.cfg, self.client
         r = cfg.wheel_radius_m
         h = self.com_height_m
@@ -290,6 +299,14 @@ class EgoVehicle:
             p.GEOM_CYLINDER, radius=r, length=_WHEEL_WIDTH_M,
             visualFrameOrientation=[math.sin(math.pi / 4.0), 0.0, 0.0, math.cos(math.pi / 4.0)],
             rgbaColor=[0.08, 0.08, 0.08, 1.0], physicsClientId=c)
+        if not drawn:
+            # A link without a visual shape is drawn from its collision shape, so every
+            # link gets a shape of zero size instead: its triangles are degenerate and
+            # cover no pixel, not even in EGL's segmentation mask. (The unused shapes
+            # above cost nothing: a visual shape is only drawn through a body.)
+            chassis_vis = wheel_vis = p.createVisualShape(
+                p.GEOM_BOX, halfExtents=[0.0, 0.0, 0.0], rgbaColor=[1.0, 1.0, 1.0, 0.0],
+                physicsClientId=c)
         ax, ay, az = cfg.wheelbase_m / 2.0, cfg.track_m / 2.0, r - h
         zero, ident = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]
         # (mass, collision, visual, position in parent, parent index (0 = base), axis)
