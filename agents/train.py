@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import (
     DummyVecEnv,
     VecEnv,
@@ -85,8 +86,24 @@ def build_vec_env(cfg: TrainConfig, device: torch.device) -> VecNormalize:
                               compile_encoder=cfg.compile_encoder)
     assert isinstance(venv.observation_space, spaces.Dict)
     keys = [k for k in ("embedding", *VECTOR_KEYS) if k in venv.observation_space.spaces]
-    return VecNormalize(venv, norm_obs=True, norm_reward=True, norm_obs_keys=keys,
-                        gamma=cfg.ppo.gamma if cfg.algo == "ppo" else cfg.sac.gamma)
+    normalized = VecNormalize(venv, norm_obs=True, norm_reward=True, norm_obs_keys=keys,
+                              gamma=cfg.ppo.gamma if cfg.algo == "ppo" else cfg.sac.gamma)
+    if cfg.init_from:
+        # The starting policy was fitted to the observation statistics it comes with
+        # (initialise_from loads them); letting them drift with the new rollouts would
+        # change its inputs under it. Reward statistics still adapt.
+        obs_rms = normalized.obs_rms
+        assert isinstance(obs_rms, dict)
+        for key in list(obs_rms):
+            obs_rms[key] = FrozenRunningMeanStd(shape=obs_rms[key].mean.shape)
+    return normalized
+
+
+class FrozenRunningMeanStd(RunningMeanStd):
+    """Running statistics that ignore updates (mean, var and count are set directly)."""
+
+    def update(self, arr: np.ndarray) -> None:
+        """Do nothing: the statistics stay as loaded."""
 
 
 def build_model(cfg: TrainConfig, venv: VecEnv, device: torch.device, tb_dir: Path

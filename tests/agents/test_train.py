@@ -107,6 +107,12 @@ def test_ppo_starts_from_a_behaviour_cloning_agent(tmp_path: Path) -> None:
                                                 f"init_from={bc.agent_dir}"]),
                    tmp_path / "ppo", resume=False, progress=False)
     assert result.num_timesteps == 16
+    # The cloned policy keeps the observation statistics it was fitted to.
+    bc_stats = json.loads((bc.agent_dir / "agent.json").read_text())["normalization"]["obs"]
+    ppo_stats = json.loads((result.agent_dir / "agent.json").read_text())["normalization"]["obs"]
+    for key, stats in bc_stats.items():
+        assert ppo_stats[key]["mean"] == pytest.approx(stats["mean"])
+        assert ppo_stats[key]["var"] == pytest.approx(stats["var"])
     with pytest.raises(ValueError, match="init_from .* it was trained with obs 'privileged'"):
         train(load_train_config(overrides=[
             "obs=scratch", "num_envs=1", "total_timesteps=8", "ppo.n_steps=8",
