@@ -36,7 +36,6 @@ the encoder before fine-tuning).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -51,6 +50,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from agents.config import TrainConfig, load_train_config
+from agents.saving import file_sha256
 from common.config import (
     ConfigError,
     load_config,
@@ -542,14 +542,6 @@ def _read_json(path: Path) -> Any:
         raise ValueError(f"cannot read '{path}': {exc}; delete it to redo that step") from None
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     """Dotted keys where two nested JSON values differ."""
     if isinstance(a, dict) and isinstance(b, dict):
@@ -613,7 +605,7 @@ def ensure_probed(cfg: BenchmarkConfig, job: PretrainJob, encoder_dir: Path, out
 
     probe_dir = out_dir / PRETRAIN_DIR / job.id / PROBE_DIR
     cache = probe_dir / PROBE_CACHE
-    key = {"encoder_sha256": _file_sha256(encoder_dir / ENCODER_WEIGHTS),
+    key = {"encoder_sha256": file_sha256(encoder_dir / ENCODER_WEIGHTS),
            "data": str(Path(cfg.data).resolve()), "labels": list(cfg.probe_labels)}
     if cache.is_file():
         cached = _read_json(cache)
@@ -636,7 +628,7 @@ def _cell_spec(train_cfg: TrainConfig, suite: SuiteConfig, encoder_dir: Path | N
     train.pop("encoder", None)
     train.pop("device", None)
     return {"train": train, "suite": to_dict(suite),
-            "encoder_sha256": (_file_sha256(encoder_dir / ENCODER_WEIGHTS)
+            "encoder_sha256": (file_sha256(encoder_dir / ENCODER_WEIGHTS)
                                if encoder_dir is not None else None)}
 
 
