@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from agents.config import TrainConfig
 from agents.env_factory import VECTOR_KEYS, build_env, env_overrides
-from agents.extractors import extractor_kwargs
+from agents.extractors import extractor_kwargs, policy_input
 from agents.saving import normalize_obs, save_agent
 from common.config import to_dict
 from common.io import atomic_write_text
@@ -64,17 +64,7 @@ class ObservationPath:
 
     def __call__(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One observation, unbatched, unnormalised."""
-        out: dict[str, np.ndarray] = {}
-        if self.encoder is not None:
-            with torch.inference_mode():
-                emb = self.encoder(torch.from_numpy(np.ascontiguousarray(obs["camera"][None])))
-            out["embedding"] = emb.float().cpu().numpy()[0]
-        elif "camera" in self.space.spaces:
-            out["camera"] = np.ascontiguousarray(np.transpose(obs["camera"], (2, 0, 1)))
-        for key in VECTOR_KEYS:
-            if key in self.space.spaces:
-                out[key] = np.asarray(obs[key], np.float32)
-        return out
+        return policy_input(obs, self.space.spaces, self.encoder)
 
 
 def normalization_stats(data: list[dict[str, np.ndarray]], keys: list[str]) -> dict[str, Any]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
@@ -72,3 +74,29 @@ def extractor_kwargs(obs_path: str, encoder: str | None, seed: int) -> dict[str,
                 "features_extractor_kwargs": {"encoder": None, "shift_pad_px": 4,
                                               "seed": seed}}
     return {}
+
+
+def policy_input(obs: dict[str, np.ndarray], keys: Iterable[str], encoder: Encoder | None
+                 ) -> dict[str, np.ndarray]:
+    """One env observation as a policy sees it (unbatched, not normalised); used outside
+    the vectorised envs (behaviour cloning, loaded agents).
+
+    Args:
+        obs: The env's observation.
+        keys: The policy's observation keys: ``embedding`` (frozen path: ``encoder``
+            embeds the camera), ``camera`` (image paths: transposed to ``(3, H, W)``) and
+            vector keys (``agents.env_factory.VECTOR_KEYS``, passed on as float32).
+        encoder: The frozen encoder (``embedding`` key only).
+    """
+    out: dict[str, np.ndarray] = {}
+    for key in keys:
+        if key == "embedding":
+            assert encoder is not None
+            with torch.inference_mode():
+                emb = encoder(torch.from_numpy(np.ascontiguousarray(obs["camera"][None])))
+            out[key] = emb.float().cpu().numpy()[0]
+        elif key == "camera":
+            out[key] = np.ascontiguousarray(np.transpose(obs["camera"], (2, 0, 1)))
+        else:
+            out[key] = np.asarray(obs[key], np.float32)
+    return out

@@ -8,14 +8,12 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 from stable_baselines3.sac.policies import MultiInputPolicy as MultiInputSACPolicy
 
-from agents.env_factory import VECTOR_KEYS
-from agents.extractors import extractor_kwargs
+from agents.extractors import extractor_kwargs, policy_input
 from agents.saving import (
     AGENT_FILE,
     AGENT_FORMAT,
@@ -117,17 +115,8 @@ class TrainedPolicy:
 
     def observation(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Turn one env observation into the policy's (batched, normalised) input."""
-        batch: dict[str, np.ndarray] = {}
-        if self.obs_path == "frozen":
-            assert self.encoder is not None
-            with torch.inference_mode():
-                emb = self.encoder(torch.from_numpy(np.ascontiguousarray(obs["camera"][None])))
-            batch["embedding"] = emb.float().cpu().numpy()
-        elif self.obs_path in ("finetune", "scratch"):
-            batch["camera"] = np.ascontiguousarray(np.transpose(obs["camera"], (2, 0, 1))[None])
-        for key in VECTOR_KEYS:
-            if key in self.policy.observation_space.spaces:
-                batch[key] = np.asarray(obs[key], np.float32)[None]
+        single = policy_input(obs, self.policy.observation_space.spaces, self.encoder)
+        batch = {key: value[None] for key, value in single.items()}
         if self.normalization:
             batch = normalize_obs(batch, self.normalization)
         return batch
