@@ -279,12 +279,20 @@ class RoadMap:
         pad = self._seg_half[:, None] + 1.0
         lo = np.floor((np.minimum(a, b) - pad) / self.cell_m).astype(int)
         hi = np.floor((np.maximum(a, b) + pad) / self.cell_m).astype(int)
-        grid: dict[tuple[int, int], list[int]] = {}
-        for seg in range(len(a)):
-            for cx in range(lo[seg, 0], hi[seg, 0] + 1):
-                for cy in range(lo[seg, 1], hi[seg, 1] + 1):
-                    grid.setdefault((cx, cy), []).append(seg)
-        self._grid = {k: np.asarray(v, dtype=np.int64) for k, v in grid.items()}
+        # Every (segment, cell) pair of each segment's cell rectangle, in segment order;
+        # a stable sort by cell then keeps each cell's segments in ascending order.
+        nx, ny = hi[:, 0] - lo[:, 0] + 1, hi[:, 1] - lo[:, 1] + 1
+        per_seg = nx * ny
+        seg = np.repeat(np.arange(len(a), dtype=np.int64), per_seg)
+        k = np.arange(per_seg.sum()) - np.repeat(np.cumsum(per_seg) - per_seg, per_seg)
+        cx = lo[seg, 0] + k // ny[seg]
+        cy = lo[seg, 1] + k % ny[seg]
+        order = np.lexsort((cy, cx))
+        seg, cx, cy = seg[order], cx[order], cy[order]
+        starts = np.flatnonzero(np.r_[True, (cx[1:] != cx[:-1]) | (cy[1:] != cy[:-1])])
+        ends = np.r_[starts[1:], len(seg)]
+        self._grid = {(int(cx[i]), int(cy[i])): seg[i:j]
+                      for i, j in zip(starts.tolist(), ends.tolist(), strict=True)}
 
     def _build_table(self) -> None:
         # All lanes laid end to end on one axis (with a gap between lanes), so that one
@@ -320,6 +328,39 @@ class RoadMap:
         x = np.interp(g, self._tab_s, self._tab["x"]) - np.sin(h) * d
         y = np.interp(g, self._tab_s, self._tab["y"]) + np.cos(h) * d
         return x, y, h
+
+    def near_lane(self, points: FloatArray) -> np.ndarray:
+        """Whether :meth:`locate` finds a lane for each point, for many points at once.
+
+        Args:
+            points: World points (N, 2) [m].
+
+        Returns:
+            Boolean array (N,): True where some lane segment lies within twice its half
+            width plus 0.5 m (the test :meth:`locate` applies).
+        """
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        cells = np.floor(pts / self.cell_m).astype(int)
+        uniq, which = np.unique(cells, axis=0, return_inverse=True)
+        which = which.reshape(-1)
+        empty = np.zeros(0, dtype=np.int64)
+        per_cell = [self._grid.get((cx, cy), empty) for cx, cy in uniq.tolist()]
+        counts = np.array([len(c) for c in per_cell], dtype=np.int64)
+        if counts.sum() == 0:
+            return np.zeros(len(pts), dtype=bool)
+        flat = np.concatenate(per_cell)
+        offsets = np.r_[0, np.cumsum(counts)[:-1]]
+        # Every (point, candidate segment) pair of the points' grid cells, in one pass.
+        rep = counts[which]
+        point = np.repeat(np.arange(len(pts)), rep)
+        first = np.r_[0, np.cumsum(rep)[:-1]]
+        seg = flat[np.arange(rep.sum()) - np.repeat(first, rep) + np.repeat(offsets[which], rep)]
+        a, ab, length = self._seg_a[seg], self._seg_ab[seg], self._seg_len[seg]
+        apx, apy = pts[point, 0] - a[:, 0], pts[point, 1] - a[:, 1]
+        t = np.clip((apx * ab[:, 0] + apy * ab[:, 1]) / np.maximum(length**2, 1e-12), 0.0, 1.0)
+        dist = np.hypot(apx - ab[:, 0] * t, apy - ab[:, 1] * t)
+        ok = dist <= 2.0 * self._seg_half[seg] + 0.5
+        return np.bincount(point, weights=ok, minlength=len(pts)) > 0
 
     def locate(self, point: FloatArray, heading: float | None = None) -> LanePoint | None:
         """Find the lane containing ``point`` (or the nearest one within 1 lane width).

@@ -16,7 +16,7 @@ look like TinyRenderer frames.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pybullet as p
@@ -114,26 +114,49 @@ def cv_resize(img: np.ndarray) -> np.ndarray:
     return cv2.resize(img, (_TILE_W, _TILE_H), interpolation=cv2.INTER_NEAREST)
 
 
-@dataclass
-class _Mesh:
-    vertices: list[FloatArray] = field(default_factory=list)
-    uvs: list[FloatArray] = field(default_factory=list)
-    normals: list[FloatArray] = field(default_factory=list)
-    count: int = 0
-    indices: list[np.ndarray] = field(default_factory=list)
+class _QuadStore:
+    """Quads tagged with a (cell x, cell y, class) key, merged into one mesh per key at
+    the end. Deferring the grouping to one sort keeps a reset's ~10^4 quads out of
+    per-cell Python loops; within a key the quads keep the order they were added in."""
 
-    def add(self, v: FloatArray, uv: FloatArray, nrm: FloatArray, idx: np.ndarray) -> None:
-        """Append vertices (with their uvs and normals) and triangle indices."""
-        self.vertices.append(v)
+    def __init__(self) -> None:
+        self.keys: list[np.ndarray] = []
+        self.corners: list[FloatArray] = []
+        self.uvs: list[FloatArray] = []
+        self.normals: list[FloatArray] = []
+
+    def add(self, keys: np.ndarray, corners: FloatArray, uv: FloatArray, nrm: FloatArray,
+            ) -> None:
+        """Append quads: keys (K, 3) int, corners (K, 4, 3), uvs (K, 4, 2), normals (K, 3)."""
+        self.keys.append(keys)
+        self.corners.append(corners)
         self.uvs.append(uv)
         self.normals.append(nrm)
-        self.indices.append(idx + self.count)
-        self.count += len(v)
 
-    def arrays(self) -> tuple[FloatArray, FloatArray, FloatArray, np.ndarray]:
-        """Vertices (V, 3), uvs (V, 2), normals (V, 3) and indices (3T,) as arrays."""
-        return (np.concatenate(self.vertices), np.concatenate(self.uvs),
-                np.concatenate(self.normals), np.concatenate(self.indices).astype(np.int64))
+    def meshes(self) -> list[tuple[tuple[int, int, int], FloatArray, FloatArray, FloatArray,
+                                   np.ndarray]]:
+        """One mesh per key, in key order: (key, vertices (V, 3), uvs (V, 2), normals
+        (V, 3), triangle indices (3T,)), four vertices and two triangles per quad."""
+        if not self.keys:
+            return []
+        keys = np.concatenate(self.keys)
+        order = np.lexsort((keys[:, 2], keys[:, 1], keys[:, 0]))  # stable: keeps add order
+        keys = keys[order]
+        corners = np.concatenate(self.corners)[order]
+        uvs = np.concatenate(self.uvs)[order]
+        normals = np.concatenate(self.normals)[order]
+        starts = np.flatnonzero(np.r_[True, (keys[1:] != keys[:-1]).any(axis=1)])
+        ends = np.r_[starts[1:], len(keys)]
+        # Counter-clockwise seen from the front: TinyRenderer culls back faces.
+        tri = np.array([0, 1, 2, 0, 2, 3], dtype=np.int64)
+        out = []
+        for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
+            k = hi - lo
+            idx = ((np.arange(k, dtype=np.int64) * 4)[:, None] + tri).reshape(-1)
+            out.append(((int(keys[lo, 0]), int(keys[lo, 1]), int(keys[lo, 2])),
+                        corners[lo:hi].reshape(-1, 3), uvs[lo:hi].reshape(-1, 2),
+                        np.repeat(normals[lo:hi], 4, axis=0), idx))
+        return out
 
 
 @dataclass(frozen=True)
@@ -171,53 +194,82 @@ class _MeshSet:
         self.cell_m = cell_m
         self.chunk_m = 8.0 * cell_m
         self.rects = rects
-        self.visual: dict[tuple[int, int, int], _Mesh] = {}
-        self.collision: dict[tuple[int, int, int], _Mesh] = {}
+        self.visual = _QuadStore()
+        self.collision = _QuadStore()
 
-    def quads(self, corners: FloatArray, tile: str, collide: bool = False,
-              cls: SemanticClass = SemanticClass.STATIC) -> None:
-        """Add quads (K, 4, 3) whose corners run counter-clockwise seen from the visible side."""
+    def quads(self, corners: FloatArray, tile: str | np.ndarray, collide: bool | np.ndarray = False,
+              cls: SemanticClass | np.ndarray = SemanticClass.STATIC) -> None:
+        """Add quads (K, 4, 3) whose corners run counter-clockwise seen from the visible side.
+
+        ``tile``, ``collide`` and ``cls`` are one value for all quads or one per quad
+        (``tile`` then as indices into :attr:`tile_names`); per-quad values let a caller
+        add many objects in one call while each cell keeps the quads in call order.
+        """
         if len(corners) == 0:
             return
-        u0, v0, u1, v1 = self.rects[tile]
-        uv = np.array([[u0, v0], [u1, v0], [u1, v1], [u0, v1]])
+        k = len(corners)
+        if isinstance(tile, str):
+            uv = np.broadcast_to(self._tile_uv(tile), (k, 4, 2))
+        else:
+            uv = np.stack([self._tile_uv(name) for name in self.tile_names])[tile]
         e1 = corners[:, 1] - corners[:, 0]
         e2 = corners[:, 3] - corners[:, 0]
         nrm = np.cross(e1, e2)
         nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-9)
         centre = corners.mean(axis=1)[:, :2]
-        self._add(self.visual, self.cell_m, int(cls), corners, centre, uv, nrm)
-        if collide:
-            self._add(self.collision, self.chunk_m, 0, corners, centre, uv, nrm)
+        classes = np.broadcast_to(np.asarray(cls, dtype=int), (k,))
+        for c in np.unique(classes):
+            sel = classes == c
+            self._add(self.visual, self.cell_m, int(c), corners[sel], centre[sel], uv[sel],
+                      nrm[sel])
+        hit = np.broadcast_to(np.asarray(collide, dtype=bool), (k,))
+        if hit.any():
+            self._add(self.collision, self.chunk_m, 0, corners[hit], centre[hit], uv[hit],
+                      nrm[hit])
+
+    @property
+    def tile_names(self) -> list[str]:
+        """Atlas tile names, in the order per-quad tile indices refer to."""
+        return list(self.rects)
+
+    def _tile_uv(self, tile: str) -> FloatArray:
+        u0, v0, u1, v1 = self.rects[tile]
+        return np.array([[u0, v0], [u1, v0], [u1, v1], [u0, v1]])
 
     @staticmethod
-    def _add(store: dict[tuple[int, int, int], _Mesh], size: float, cls: int,
-             corners: FloatArray, centre: FloatArray, uv: FloatArray, nrm: FloatArray) -> None:
-        keys = np.floor(centre / size).astype(int)
-        for kx, ky in sorted({(int(k[0]), int(k[1])) for k in keys}):
-            sel = (keys[:, 0] == kx) & (keys[:, 1] == ky)
-            key = (kx, ky, cls)
-            c = corners[sel]
-            k = len(c)
-            mesh = store.setdefault(key, _Mesh())
-            base = (np.arange(k) * 4)[:, None]
-            # Counter-clockwise seen from the front: TinyRenderer culls back faces.
-            idx = np.concatenate([base + np.array([0, 1, 2]), base + np.array([0, 2, 3])], axis=1)
-            mesh.add(c.reshape(-1, 3), np.tile(uv, (k, 1)), np.repeat(nrm[sel], 4, axis=0),
-                     idx.reshape(-1))
+    def _add(store: _QuadStore, size: float, cls: int, corners: FloatArray,
+             centre: FloatArray, uv: FloatArray, nrm: FloatArray) -> None:
+        cells = np.floor(centre / size).astype(int)
+        keys = np.column_stack([cells, np.full(len(cells), cls)])
+        store.add(keys, corners, uv, nrm)
 
-    def box(self, x: float, y: float, z0: float, yaw: float, size: tuple[float, float, float],
-            tile: str, collide: bool, cls: SemanticClass = SemanticClass.STATIC) -> None:
-        """Add an oriented box (sides and top) with its base at height ``z0``."""
-        length, width, height = size
+    def boxes(self, boxes: FloatArray, tile: np.ndarray, collide: np.ndarray,
+              cls: np.ndarray) -> None:
+        """Add oriented boxes (sides and top), one row each, in row order.
+
+        Args:
+            boxes: (B, 7): centre x, y [m], base height z0 [m], yaw [rad], length, width,
+                height [m].
+            tile: (B,) atlas tile indices (see :attr:`tile_names`).
+            collide: (B,) whether each box is a collider.
+            cls: (B,) semantic class of each box.
+        """
+        if len(boxes) == 0:
+            return
+        z0, yaw = boxes[:, 2], boxes[:, 3]
+        length, width, height = boxes[:, 4], boxes[:, 5], boxes[:, 6]
         c, s = np.cos(yaw), np.sin(yaw)
-        local = np.array([[length, width], [-length, width], [-length, -width], [length, -width]])
-        xy = (local / 2.0) @ np.array([[c, s], [-s, c]]) + [x, y]
-        lo = np.column_stack([xy, np.full(4, z0)])
-        hi = np.column_stack([xy, np.full(4, z0 + height)])
-        faces = [np.stack([lo[i], lo[(i + 1) % 4], hi[(i + 1) % 4], hi[i]]) for i in range(4)]
-        faces.append(hi[[0, 1, 2, 3]])
-        self.quads(np.stack(faces), tile, collide, cls)
+        sign = np.array([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]])
+        local = np.stack([length, width], axis=-1)[:, None, :] * sign  # (B, 4, 2) corners
+        rot = np.stack([np.stack([c, s], -1), np.stack([-s, c], -1)], axis=1)  # (B, 2, 2)
+        xy = np.matmul(local / 2.0, rot) + boxes[:, None, :2]
+        lo = np.concatenate([xy, np.broadcast_to(z0[:, None, None], (len(boxes), 4, 1))], -1)
+        hi = np.concatenate([xy, np.broadcast_to((z0 + height)[:, None, None],
+                                                  (len(boxes), 4, 1))], -1)
+        nxt = [1, 2, 3, 0]
+        sides = np.stack([lo, lo[:, nxt], hi[:, nxt], hi], axis=2)  # (B, 4 faces, 4, 3)
+        faces = np.concatenate([sides, hi[:, None]], axis=1).reshape(-1, 4, 3)
+        self.quads(faces, np.repeat(tile, 5), np.repeat(collide, 5), np.repeat(cls, 5))
 
 
 def _lane_quads(lane: Lane, z: float, period: float, d_lo: FloatArray | float,
@@ -253,15 +305,10 @@ def build_geometry(road_map: RoadMap, cfg: SceneConfig,
     builder._add_grass(meshes)
     builder._add_barriers(meshes)
     builder._add_objects(meshes)
-    cells = []
-    for (cx, cy, cls), mesh in sorted(meshes.visual.items()):
-        v, uv, n, idx = mesh.arrays()
-        cells.append(CellMesh(((cx + 0.5) * cfg.cell_m, (cy + 0.5) * cfg.cell_m),
-                              SemanticClass(cls), v, uv, n, idx))
-    colliders = []
-    for _, mesh in sorted(meshes.collision.items()):
-        v, _, _, idx = mesh.arrays()
-        colliders.append((v, idx))
+    cells = [CellMesh(((cx + 0.5) * cfg.cell_m, (cy + 0.5) * cfg.cell_m), SemanticClass(cls),
+                      v, uv, n, idx)
+             for (cx, cy, cls), v, uv, n, idx in meshes.visual.meshes()]
+    colliders = [(v, idx) for _, v, _, _, idx in meshes.collision.meshes()]
     return SceneGeometry(atlas, cells, colliders)
 
 
@@ -346,7 +393,7 @@ class _GeometryBuilder:
                     lower, upper = (inner, outer) if sign > 0 else (outer, inner)
                     q, _ = _lane_quads(lane, 0.0, period, lower, upper)
                     centres = q.mean(axis=1)[:, :2]
-                    free = np.array([self.map.locate(c) is None for c in centres], dtype=bool)
+                    free = ~self.map.near_lane(centres)
                     if free.any():
                         meshes.quads(q[free], "grass", cls=SemanticClass.OTHER)
 
@@ -373,23 +420,39 @@ class _GeometryBuilder:
             meshes.quads(np.concatenate(faces), "concrete", collide=self.cfg.barrier_collides)
 
     def _add_objects(self, meshes: _MeshSet) -> None:
+        """Roadside objects as boxes: trees (trunk and crown), signs (pole and plate),
+        buildings, parked cars and other obstacles, all added in one call."""
+        rows: list[tuple[float, ...]] = []
+        tiles: list[str] = []
+        collide: list[bool] = []
+        classes: list[int] = []
+
+        def box(x: float, y: float, z0: float, yaw: float, size: tuple[float, float, float],
+                tile: str, hit: bool, cls: SemanticClass = SemanticClass.STATIC) -> None:
+            rows.append((x, y, z0, yaw, *size))
+            tiles.append(tile)
+            collide.append(hit)
+            classes.append(int(cls))
+
         for obj in self.map.objects:
             length, width, height = obj.size
             if obj.kind == "tree":
-                meshes.box(obj.x, obj.y, 0.0, obj.yaw, (0.35, 0.35, height * 0.45), "trunk", True)
-                meshes.box(obj.x, obj.y, height * 0.35, obj.yaw + 0.6,
-                           (length, width, height * 0.65), "crown", False)
+                box(obj.x, obj.y, 0.0, obj.yaw, (0.35, 0.35, height * 0.45), "trunk", True)
+                box(obj.x, obj.y, height * 0.35, obj.yaw + 0.6,
+                    (length, width, height * 0.65), "crown", False)
             elif obj.kind == "sign":
-                meshes.box(obj.x, obj.y, 0.0, obj.yaw, (0.12, 0.12, height), "pole", True)
-                meshes.box(obj.x, obj.y, height - 1.0, obj.yaw, (0.05, width, 0.9), "sign", False)
+                box(obj.x, obj.y, 0.0, obj.yaw, (0.12, 0.12, height), "pole", True)
+                box(obj.x, obj.y, height - 1.0, obj.yaw, (0.05, width, 0.9), "sign", False)
             elif obj.kind == "building":
-                meshes.box(obj.x, obj.y, 0.0, obj.yaw, obj.size, "building", True)
+                box(obj.x, obj.y, 0.0, obj.yaw, obj.size, "building", True)
             elif obj.kind == "parked_car":
-                meshes.box(obj.x, obj.y, 0.0, obj.yaw, obj.size, "dark", True,
-                           SemanticClass.VEHICLE)
+                box(obj.x, obj.y, 0.0, obj.yaw, obj.size, "dark", True, SemanticClass.VEHICLE)
             else:
-                meshes.box(obj.x, obj.y, 0.0, obj.yaw, obj.size, "dark", True)
-
+                box(obj.x, obj.y, 0.0, obj.yaw, obj.size, "dark", True)
+        names = meshes.tile_names
+        meshes.boxes(np.array(rows, dtype=float).reshape(-1, 7),
+                     np.array([names.index(t) for t in tiles], dtype=int),
+                     np.array(collide, dtype=bool), np.array(classes, dtype=int))
 
 
 class Scene:

@@ -10,7 +10,14 @@ from envs.maps.highway import HighwayMapConfig, generate_highway
 from envs.render.bev import BirdEyeView, BoxAgent
 from envs.sim import textures
 from envs.sim.camera import CameraConfig, EgoCamera
-from envs.sim.scene import Scene, SceneConfig, SemanticClass, build_atlas, build_geometry
+from envs.sim.scene import (
+    Scene,
+    SceneConfig,
+    SemanticClass,
+    _MeshSet,
+    build_atlas,
+    build_geometry,
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +54,65 @@ def test_geometry_is_deterministic_and_complete(highway: tuple) -> None:
     for lane in road.lanes:
         d = np.abs(lane.centre[::50, None, :] - centres[None, :, :]).max(axis=2)
         assert np.all(d.min(axis=1) <= SceneConfig().cell_m / 2 + 1e-6)
+
+
+def test_box_corners_are_closed_form() -> None:
+    # A 4 x 2 x 3 m box at (10, 5), base 1 m up, turned 90 degrees: its footprint spans
+    # x in [9, 11] and y in [3, 7]; five faces (four sides and the top), each outward.
+    _, rects = build_atlas(np.random.default_rng(0))
+    meshes = _MeshSet(60.0, rects)
+    names = meshes.tile_names
+    meshes.boxes(np.array([[10.0, 5.0, 1.0, np.pi / 2, 4.0, 2.0, 3.0]]),
+                 np.array([names.index("building")]), np.array([True]),
+                 np.array([int(SemanticClass.STATIC)]))
+    [(key, v, uv, nrm, idx)] = meshes.visual.meshes()
+    assert key == (0, 0, int(SemanticClass.STATIC))
+    assert v.shape == (20, 3) and idx.shape == (30,)
+    assert np.allclose(v[:, :2].min(axis=0), [9.0, 3.0]) and np.allclose(
+        v[:, :2].max(axis=0), [11.0, 7.0])
+    assert np.allclose(sorted(set(np.round(v[:, 2], 9))), [1.0, 4.0])
+    quad_normals = nrm[::4]
+    assert np.allclose(quad_normals[4], [0.0, 0.0, 1.0])  # the top faces up
+    centre = np.array([10.0, 5.0])
+    for q in range(4):  # each side faces away from the box centre
+        mid = v[4 * q:4 * q + 4, :2].mean(axis=0)
+        assert np.dot(quad_normals[q, :2], mid - centre) > 0
+    u0, v0, u1, v1 = rects["building"]
+    assert np.allclose(uv.min(axis=0), [u0, v0]) and np.allclose(uv.max(axis=0), [u1, v1])
+    [(_, cv, _, _, cidx)] = meshes.collision.meshes()
+    assert np.array_equal(cv, v) and np.array_equal(cidx, idx)
+
+
+def test_quads_keep_call_order_within_a_cell() -> None:
+    # Two quads in one cell from two calls, and one in another cell: each cell's mesh
+    # lists its quads in the order they were added, with indices 4 vertices apart.
+    _, rects = build_atlas(np.random.default_rng(0))
+    meshes = _MeshSet(10.0, rects)
+    square = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
+    meshes.quads((square + [2.0, 2.0, 0.0])[None], "asphalt", cls=SemanticClass.ROAD)
+    meshes.quads(np.stack([square + [15.0, 2.0, 0.0], square + [5.0, 5.0, 0.0]]), "asphalt",
+                 cls=SemanticClass.ROAD)
+    out = meshes.visual.meshes()
+    assert [key for key, *_ in out] == [(0, 0, 1), (1, 0, 1)]
+    _, v, _, _, idx = out[0]
+    assert np.allclose(v[0], [2.0, 2.0, 0.0]) and np.allclose(v[4], [5.0, 5.0, 0.0])
+    assert idx.tolist() == [0, 1, 2, 0, 2, 3, 4, 5, 6, 4, 6, 7]
+    assert meshes.collision.meshes() == []
+
+
+def test_near_lane_agrees_with_locate(highway: tuple) -> None:
+    road, _ = highway
+    rng = np.random.default_rng(0)
+    lo, hi = road.bounds
+    points = rng.uniform(lo - 30.0, hi + 30.0, size=(400, 2))
+    # Half the points near the road, where the answer changes.
+    lane = road.lanes[0]
+    near = lane.position(rng.uniform(0.0, lane.length, 200), rng.uniform(-15.0, 15.0, 200))
+    points = np.concatenate([points, near])
+    expected = np.array([road.locate(q) is not None for q in points])
+    assert expected.any() and not expected.all()
+    assert np.array_equal(road.near_lane(points), expected)
+    assert road.near_lane(np.zeros((0, 2))).shape == (0,)
 
 
 def test_atlas_rects_inside_unit_square() -> None:
