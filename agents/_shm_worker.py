@@ -196,8 +196,15 @@ class _Worker:
             traceback.print_exc()
 
 
+def pin_to_cpu(cpu: int | None) -> None:
+    """Bind this process to one CPU (Linux); None, or a platform without
+    ``os.sched_setaffinity``, leaves it free."""
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})
+
+
 def worker_main(remote: Connection, parent_remote: Connection, env_fn_bytes: bytes,
-                num_threads: int | None) -> None:
+                num_threads: int | None, cpu: int | None = None) -> None:
     """Entry point of a worker process.
 
     Args:
@@ -207,8 +214,10 @@ def worker_main(remote: Connection, parent_remote: Connection, env_fn_bytes: byt
         env_fn_bytes: The cloudpickled env factory. It is unpickled only after the
             thread caps are set, because unpickling imports the env's modules.
         num_threads: Thread cap for numeric libraries in this worker (None: leave).
+        cpu: The CPU to bind this worker to (None: the scheduler places it).
     """
     parent_remote.close()
+    pin_to_cpu(cpu)
     # Ctrl-C reaches the whole process group; the parent handles it and closes the
     # workers in order, so a worker must not die half-way through a step on its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

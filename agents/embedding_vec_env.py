@@ -17,11 +17,21 @@ events, so that a benchmark can report how busy the GPU was (:attr:`device_secon
 
 Truncated episodes: SB3 bootstraps the value of ``infos[i]["terminal_observation"]``,
 so those observations are embedded too, in the same forward pass as the batch.
+
+Embedding on arrival (CPU): a synchronous vec env waits for its slowest env at every step,
+and the cores of the envs that finished early sit idle meanwhile. On the CPU, with no more
+worker envs than cores, the wrapper therefore embeds each env's frame as soon as that env
+has stepped (one forward pass of batch 1 per env, through
+:meth:`agents.shm_vec_env.SharedMemoryVecEnv.step_wait`'s ``on_ready`` hook), so the
+encoder runs while the slower envs still step. On CUDA the whole batch crosses in one copy
+and one forward pass, as above. Each frame is embedded alone either way the arrivals fall,
+so the embeddings do not depend on which env finished first.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,6 +47,7 @@ from stable_baselines3.common.vec_env.base_vec_env import (
     VecEnvWrapper,
 )
 
+from agents.shm_vec_env import SharedMemoryVecEnv
 from perception.checkpoint import load_encoder
 from perception.encoders import Encoder, build_encoder, freeze
 
@@ -88,6 +99,10 @@ class EmbeddingVecEnv(VecEnvWrapper):
         image_key: The observation key holding the frames.
         bf16: Run the encoder under bfloat16 autocast on CUDA (ignored on the CPU).
         compile_encoder: Run the encoder's forward pass through ``torch.compile``.
+        embed_on_arrival: Embed each env's frame as soon as it has stepped (see the
+            module docstring). None (the default) turns it on where it pays: a CPU
+            device, a :class:`~agents.shm_vec_env.SharedMemoryVecEnv`, and no more envs
+            than CPU cores. True requires a ``SharedMemoryVecEnv``.
 
     Attributes:
         encoder: The frozen encoder.
@@ -99,13 +114,15 @@ class EmbeddingVecEnv(VecEnvWrapper):
             measured by CUDA events over the same calls (None on the CPU).
 
     Raises:
-        ValueError: If the observation space has no suitable image key, or the
-            encoder's ``image_size`` differs from the frames.
+        ValueError: If the observation space has no suitable image key, the
+            encoder's ``image_size`` differs from the frames, or ``embed_on_arrival`` is
+            True for a vec env that is not a ``SharedMemoryVecEnv``.
     """
 
     def __init__(self, venv: VecEnv, encoder: Encoder | str | Path = "nature_cnn",
                  device: torch.device | str = "auto", image_key: str = "camera",
-                 bf16: bool = True, compile_encoder: bool = False) -> None:
+                 bf16: bool = True, compile_encoder: bool = False,
+                 embed_on_arrival: bool | None = None) -> None:
         space = venv.observation_space
         if not isinstance(space, spaces.Dict) or image_key not in space.spaces:
             raise ValueError(f"EmbeddingVecEnv needs a Dict observation space with a "
@@ -133,6 +150,14 @@ class EmbeddingVecEnv(VecEnvWrapper):
         self.encoder_calls = 0
         self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
         self._device_seconds = 0.0
+        shared = isinstance(venv, SharedMemoryVecEnv)
+        if embed_on_arrival is None:
+            embed_on_arrival = (shared and self.device.type == "cpu"
+                                and venv.num_envs <= (os.cpu_count() or 1))
+        if embed_on_arrival and not shared:
+            raise ValueError("embed_on_arrival needs a SharedMemoryVecEnv (its step_wait "
+                             f"reports each env as it finishes), got {type(venv).__name__}")
+        self.embed_on_arrival = bool(embed_on_arrival)
 
         embed_space = spaces.Box(-np.inf, np.inf, (self.encoder.embed_dim,), np.float32)
         kept = {k: v for k, v in space.spaces.items() if k != image_key}
@@ -211,23 +236,28 @@ class EmbeddingVecEnv(VecEnvWrapper):
         out.update((k, v) for k, v in obs.items() if k != self.image_key)
         return out
 
-    def _transform(self, obs: VecEnvObs, infos: list[dict[str, Any]] | None = None
-                   ) -> dict[str, np.ndarray]:
+    def _transform(self, obs: VecEnvObs, infos: list[dict[str, Any]] | None = None,
+                   embedded: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Swap frames for embeddings in ``obs`` and in the infos' terminal observations;
+        ``embedded`` holds the batch's embeddings when they were computed on arrival."""
         assert isinstance(obs, dict), "EmbeddingVecEnv wraps Dict observations only"
         frames = obs[self.image_key]
         terminal = [i for i, info in enumerate(infos or ())
                     if info.get("terminal_observation") is not None]
         if terminal:
             assert infos is not None
-            # One forward pass for the batch and the ended episodes' last frames.
             extra = np.stack([infos[i]["terminal_observation"][self.image_key]
                               for i in terminal])
-            embedded = self.embed(np.concatenate([frames, extra]))
-            for row, i in enumerate(terminal, start=len(frames)):
+            if embedded is None:
+                # One forward pass for the batch and the ended episodes' last frames.
+                both = self.embed(np.concatenate([frames, extra]))
+                embedded, last = both[:len(frames)], both[len(frames):]
+            else:
+                last = self.embed(extra)
+            for row, i in enumerate(terminal):
                 infos[i]["terminal_observation"] = self._replace(
-                    infos[i]["terminal_observation"], embedded[row].copy())
-            embedded = embedded[:len(frames)]
-        else:
+                    infos[i]["terminal_observation"], last[row].copy())
+        elif embedded is None:
             embedded = self.embed(frames)
         return self._replace(obs, embedded)
 
@@ -239,9 +269,20 @@ class EmbeddingVecEnv(VecEnvWrapper):
 
     def step_wait(self) -> VecEnvStepReturn:
         """Step the wrapped envs and embed the frames (terminal ones included)."""
-        obs, rewards, dones, infos = self.venv.step_wait()
+        embedded: np.ndarray | None = None
+        if self.embed_on_arrival:
+            assert isinstance(self.venv, SharedMemoryVecEnv)
+            frames = self.venv.shared_array(self.image_key)
+            embedded = np.empty((self.num_envs, self.embed_dim), dtype=np.float32)
+
+            def embed_row(i: int) -> None:
+                embedded[i] = self.embed(frames[i:i + 1])[0]
+
+            obs, rewards, dones, infos = self.venv.step_wait(on_ready=embed_row)
+        else:
+            obs, rewards, dones, infos = self.venv.step_wait()
         infos = list(infos)
-        out = self._transform(obs, infos)
+        out = self._transform(obs, infos, embedded)
         self.reset_infos = list(getattr(self.venv, "reset_infos", self.reset_infos))
         return out, rewards, dones, infos
 

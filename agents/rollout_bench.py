@@ -20,6 +20,7 @@ Episode resets happen inside the timed steps (as they do in training).
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import time
 from collections.abc import Iterator, Sequence
@@ -58,12 +59,17 @@ def _bench_one(num_envs: int, steps: int, warmup_steps: int, env_id: str, action
                            encoder=encoder, device=device, compile_encoder=compile_encoder)
     try:
         venv.seed(seed)
-        venv.action_space.seed(seed)
         venv.reset()
-        sample = venv.action_space.sample
-        for _ in range(warmup_steps):
-            venv.step(np.stack([sample() for _ in range(num_envs)]))
-        actions = [np.stack([sample() for _ in range(num_envs)]) for _ in range(steps)]
+        # One action stream per env (env i's from seed + i), so that env 0 drives the same
+        # episodes whatever N is and the rows compare like with like.
+        spaces_i = [copy.deepcopy(venv.action_space) for _ in range(num_envs)]
+        for i, space in enumerate(spaces_i):
+            space.seed(seed + i)
+        stream = [np.stack([space.sample() for space in spaces_i])
+                  for _ in range(warmup_steps + steps)]
+        for batch in stream[:warmup_steps]:
+            venv.step(batch)
+        actions = stream[warmup_steps:]
         venv.reset_timing()
         start = time.perf_counter()
         for batch in actions:
@@ -98,8 +104,8 @@ def bench_rollouts(num_envs_list: Sequence[int] = (1, 2, 4), steps: int = 300,
                    env_id: str = "Highway-v0", action_mode: str = "behavior",
                    encoder: Encoder | str | Path = "nature_cnn", device: str = "auto",
                    overrides: Sequence[str] = (), warmup_steps: int = 10, seed: int = 0,
-                   start_method: str | None = None, compile_encoder: bool = False
-                   ) -> dict[str, Any]:
+                   start_method: str | None = None, compile_encoder: bool = False,
+                   repeats: int = 1) -> dict[str, Any]:
     """Measure batched-rollout throughput for each number of envs.
 
     Args:
@@ -116,6 +122,10 @@ def bench_rollouts(num_envs_list: Sequence[int] = (1, 2, 4), steps: int = 300,
         start_method: Worker start method (None: forkserver where available).
         compile_encoder: Run the encoder through ``torch.compile`` (compiled during the
             warm-up steps, outside the timing).
+        repeats: Rounds of measurements; each round measures every N once, in order, so
+            that slow drifts of the machine's speed hit all N alike. A row then holds the
+            medians over the rounds, ``env_steps_per_s_runs`` the rate of every round,
+            and ``speedup_vs_1`` the median of the rounds' own ratios.
 
     Returns:
         ``{"config": {...}, "results": [row, ...]}`` with one row per N:
@@ -128,30 +138,52 @@ def bench_rollouts(num_envs_list: Sequence[int] = (1, 2, 4), steps: int = 300,
         measured).
 
     Raises:
-        ValueError: For an empty ``num_envs_list``, N < 1 or ``steps`` < 1.
+        ValueError: For an empty ``num_envs_list``, N < 1, ``steps`` < 1 or ``repeats`` < 1.
     """
     if not num_envs_list or min(num_envs_list) < 1:
         raise ValueError(f"num_envs_list must hold numbers >= 1, got {tuple(num_envs_list)}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     dev = resolve_device(device)
-    rows: list[dict[str, Any]] = []
+    rounds: list[list[dict[str, Any]]] = []
     with torch_threads(1):
-        for n in num_envs_list:
-            rows.append(_bench_one(int(n), steps, warmup_steps, env_id, action_mode, encoder,
-                                   dev, overrides, seed, start_method, compile_encoder))
-    base = next((r["env_steps_per_s"] for r in rows if r["num_envs"] == 1), None)
-    for row in rows:
-        row["speedup_vs_1"] = row["env_steps_per_s"] / base if base else None
+        for _ in range(repeats):
+            rounds.append([_bench_one(int(n), steps, warmup_steps, env_id, action_mode,
+                                      encoder, dev, overrides, seed, start_method,
+                                      compile_encoder) for n in num_envs_list])
+    rows = [_median_row([one_round[j] for one_round in rounds])
+            for j in range(len(num_envs_list))]
+    for j, row in enumerate(rows):
+        ratios = []
+        for one_round in rounds:
+            base = next((r["env_steps_per_s"] for r in one_round if r["num_envs"] == 1), None)
+            if base:
+                ratios.append(one_round[j]["env_steps_per_s"] / base)
+        row["speedup_vs_1"] = float(np.median(ratios)) if ratios else None
     return {
         "config": {"env_id": env_id, "action_mode": action_mode,
                    "encoder": encoder if isinstance(encoder, str) else str(
                        getattr(encoder, "name", encoder)),
                    "device": str(dev), "compile_encoder": compile_encoder,
                    "steps": steps, "warmup_steps": warmup_steps,
-                   "overrides": list(overrides), "torch_threads": 1, "worker_threads": 1},
+                   "overrides": list(overrides), "torch_threads": 1, "worker_threads": 1,
+                   "repeats": repeats},
         "results": rows,
     }
+
+
+def _median_row(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One row from the same N's rows of several rounds: medians, plus every round's rate."""
+    row: dict[str, Any] = {"num_envs": runs[0]["num_envs"]}
+    for key, value in runs[0].items():
+        if key == "num_envs":
+            continue
+        values = [r[key] for r in runs]
+        row[key] = None if value is None or None in values else float(np.median(values))
+    row["env_steps_per_s_runs"] = [r["env_steps_per_s"] for r in runs]
+    return row
 
 
 class _EnvStepper:

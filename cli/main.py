@@ -40,7 +40,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from agents.rollout_bench import bench_rollouts
 
         results["rollouts"] = bench_rollouts(tuple(args.workers), steps=args.rollout_steps,
-                                             device=args.device, compile_encoder=args.compile)
+                                             device=args.device, compile_encoder=args.compile,
+                                             repeats=args.repeats)
     if args.ray:
         from agents.rollout_bench import bench_ray_actors
 
@@ -373,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "(none: skip)")
     bench.add_argument("--rollout-steps", type=_count, default=200,
                        help="vector steps per rollout measurement")
+    bench.add_argument("--repeats", type=_count, default=3,
+                       help="rounds of rollout measurements (each measures every worker "
+                            "count once); rows report the medians")
     bench.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                        help="device of the rollout encoder")
     bench.add_argument("--compile", action="store_true",

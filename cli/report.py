@@ -28,12 +28,13 @@ def print_bench(results: dict[str, Any]) -> None:
         cfg = results["rollouts"]["config"]
         rows = Table(title=f"batched rollouts: {cfg['env_id']} {cfg['action_mode']}, frozen "
                            f"{cfg['encoder']} on {cfg['device']}")
-        for col in ("workers", "env steps/s", "speed-up vs 1", "ms / vector step",
-                    "ms encoder / step", "GPU busy", "GPU util %"):
+        for col in ("workers", "env steps/s", "each round", "speed-up vs 1",
+                    "ms / vector step", "ms encoder / step", "GPU busy", "GPU util %"):
             rows.add_column(col, justify="right")
         for r in results["rollouts"]["results"]:
             busy = r.get("device_busy_fraction")
-            rows.add_row(str(r["num_envs"]), _fmt(r["env_steps_per_s"]),
+            each = ", ".join(f"{v:.1f}" for v in r.get("env_steps_per_s_runs", ()))
+            rows.add_row(str(r["num_envs"]), _fmt(r["env_steps_per_s"]), each,
                          _fmt(r["speedup_vs_1"]), _fmt(r["ms_per_vector_step"]),
                          _fmt(r["ms_encoder_per_step"]),
                          "-" if busy is None else f"{100 * busy:.0f} %",

@@ -126,14 +126,22 @@ def test_ppo_learns_on_embeddings_of_shared_memory_envs() -> None:
 def test_bench_rollouts_smoke() -> None:
     report = bench_rollouts(num_envs_list=(1, 2), steps=5, warmup_steps=1,
                             overrides=("camera.width=64", "camera.height=64",
-                                       "traffic.num_vehicles=2"), device="cpu")
+                                       "traffic.num_vehicles=2"), device="cpu", repeats=3)
     rows = report["results"]
+    assert report["config"]["repeats"] == 3
     assert [r["num_envs"] for r in rows] == [1, 2]
     for row in rows:
         for key in ("env_steps_per_s", "ms_per_vector_step", "ms_encoder_per_step",
                     "speedup_vs_1"):
             assert row[key] > 0, key
+        runs = row["env_steps_per_s_runs"]
+        assert len(runs) == 3 and row["env_steps_per_s"] == pytest.approx(float(np.median(runs)))
     assert rows[0]["speedup_vs_1"] == pytest.approx(1.0)
+    # The speed-up is the median of each round's own ratio, not a ratio of medians.
+    ratios = np.array(rows[1]["env_steps_per_s_runs"]) / np.array(rows[0]["env_steps_per_s_runs"])
+    assert rows[1]["speedup_vs_1"] == pytest.approx(float(np.median(ratios)))
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        bench_rollouts(num_envs_list=(1,), repeats=0)
 
 
 def test_compiled_encoder_gives_the_same_embeddings() -> None:
@@ -154,3 +162,44 @@ def test_compiled_encoder_gives_the_same_embeddings() -> None:
     finally:
         venv.close()
         camera_env.close()
+
+
+def test_embedding_on_arrival_matches_the_batched_pass() -> None:
+    # Same envs, same actions: embedding each frame as its worker finishes gives the
+    # batched pass's embeddings, terminal observations included.
+    torch.manual_seed(0)
+    encoder = build_encoder("nature_cnn", embed_dim=16, image_size=(64, 64))
+    arrival = EmbeddingVecEnv(SharedMemoryVecEnv([CONTROL_FN, CONTROL_FN], copy_obs=False),
+                              encoder, device="cpu", embed_on_arrival=True)
+    batched = EmbeddingVecEnv(SharedMemoryVecEnv([CONTROL_FN, CONTROL_FN], copy_obs=False),
+                              encoder, device="cpu", embed_on_arrival=False)
+    try:
+        assert arrival.embed_on_arrival and not batched.embed_on_arrival
+        arrival.seed(4)
+        batched.seed(4)
+        arrival.reset()
+        batched.reset()
+        ended = 0
+        for _ in range(10):
+            a, _, done_a, info_a = arrival.step(ACTIONS)
+            b, _, done_b, info_b = batched.step(ACTIONS)
+            assert isinstance(a, dict) and isinstance(b, dict)
+            np.testing.assert_allclose(a["embedding"], b["embedding"], rtol=1e-5, atol=1e-6)
+            np.testing.assert_array_equal(done_a, done_b)
+            for i in np.flatnonzero(done_a):
+                ended += 1
+                np.testing.assert_allclose(info_a[i]["terminal_observation"]["embedding"],
+                                           info_b[i]["terminal_observation"]["embedding"],
+                                           rtol=1e-5, atol=1e-6)
+        assert ended >= 2
+        # One forward pass per env and step, plus one for the reset and one per step
+        # that ended episodes (their last frames).
+        assert arrival.encoder_calls > batched.encoder_calls
+    finally:
+        arrival.close()
+        batched.close()
+    with pytest.raises(ValueError, match="needs a SharedMemoryVecEnv"):
+        EmbeddingVecEnv(DummyVecEnv([CONTROL_FN]), encoder, device="cpu", embed_on_arrival=True)
+    auto = EmbeddingVecEnv(DummyVecEnv([CONTROL_FN]), encoder, device="cpu")
+    assert not auto.embed_on_arrival  # only a SharedMemoryVecEnv reports arrivals
+    auto.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Iterator
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from agents.shm_vec_env import SharedMemoryVecEnv, WorkerError
+from agents.shm_vec_env import SharedMemoryVecEnv, WorkerError, worker_cpus
 from planning.make import make_env
 
 # Small, light envs; max_steps=8 truncates episodes early so that ~20 steps see auto-resets.
@@ -158,3 +159,57 @@ def test_dead_worker_raises_worker_error() -> None:
     assert venv.closed
     with pytest.raises(FileNotFoundError):
         SharedMemory(name=names[0])
+
+
+def test_on_ready_reports_each_env_once_with_its_row_written() -> None:
+    venv = SharedMemoryVecEnv([ENV_FN, ENV_FN], copy_obs=False)
+    try:
+        venv.seed(1)
+        venv.reset()
+        frames = venv.shared_array("camera")
+        seen: dict[int, np.ndarray] = {}
+        venv.step_async(ACTIONS)
+        obs, _, _, _ = venv.step_wait(on_ready=lambda i: seen.__setitem__(i, frames[i].copy()))
+        assert sorted(seen) == [0, 1]
+        for i in (0, 1):  # the row was final when env i was reported
+            np.testing.assert_array_equal(seen[i], obs["camera"][i])  # type: ignore[call-overload]
+        with pytest.raises(KeyError, match="shared image key"):
+            venv.shared_array("measurements")
+    finally:
+        venv.close()
+
+
+def test_on_ready_error_surfaces_after_all_replies_and_env_stays_usable() -> None:
+    venv = SharedMemoryVecEnv([ENV_FN, ENV_FN])
+    try:
+        venv.reset()
+
+        def broken(i: int) -> None:
+            raise ValueError(f"callback failed on env {i}")
+
+        venv.step_async(ACTIONS)
+        with pytest.raises(ValueError, match="callback failed"):
+            venv.step_wait(on_ready=broken)
+        assert not venv.waiting and not venv.closed
+        obs, _, _, _ = venv.step(ACTIONS)  # the pipes are still in step
+        assert obs["camera"].shape[0] == 2  # type: ignore[call-overload]
+    finally:
+        venv.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="CPU pinning is Linux-only")
+def test_workers_are_pinned_round_robin_unless_disabled() -> None:
+    allowed = sorted(os.sched_getaffinity(0))
+    assert worker_cpus(3) == [allowed[i % len(allowed)] for i in range(3)]
+    venv = SharedMemoryVecEnv([ENV_FN, ENV_FN])
+    free = SharedMemoryVecEnv([ENV_FN], pin_workers=False)
+    try:
+        assert venv.worker_cpus == worker_cpus(2)
+        for process, cpu in zip(venv._res.processes, venv.worker_cpus, strict=True):
+            assert process.pid is not None and os.sched_getaffinity(process.pid) == {cpu}
+        assert free.worker_cpus == [None]
+        pid = free._res.processes[0].pid
+        assert pid is not None and os.sched_getaffinity(pid) == set(allowed)
+    finally:
+        venv.close()
+        free.close()
