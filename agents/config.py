@@ -32,6 +32,10 @@ class PPOConfig:
     an untrained critic. ``target_kl``: stop an update's epochs once the approximate KL
     divergence from the rollout policy exceeds it (None: never); fine-tuning a cloned
     policy needs it, or the first updates move it far from what it imitated.
+    ``privileged_critic``: the critic also reads the privileged ``state`` vector (the
+    envs turn ``sensors.state`` on); the actor never sees it and the saved agent drives
+    without it (asymmetric actor-critic, :mod:`agents.privileged_critic`; ``frozen``
+    observation path only).
     """
 
     n_steps: int = 128
@@ -47,6 +51,7 @@ class PPOConfig:
     net_arch: tuple[int, ...] = (256, 256)
     value_warmup_steps: int = 0
     target_kl: float | None = None
+    privileged_critic: bool = False
 
     def __post_init__(self) -> None:
         require(self.value_warmup_steps >= 0, "ppo.value_warmup_steps must be >= 0")
@@ -172,6 +177,9 @@ class TrainConfig:
         require(self.num_envs >= 1 and self.total_timesteps >= 1,
                 "num_envs and total_timesteps must be >= 1")
         require(self.checkpoint_every_steps >= 1, "checkpoint_every_steps must be >= 1")
+        if self.algo == "ppo" and self.ppo.privileged_critic and self.obs != "frozen":
+            raise ConfigError(f"ppo.privileged_critic works with obs 'frozen' only, not "
+                              f"'{self.obs}'")
 
 
 def load_train_config(source: str | Path | Mapping[str, Any] | None = None,

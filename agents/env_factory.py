@@ -93,6 +93,8 @@ def env_overrides(cfg: TrainConfig) -> list[str]:
     extra = list(cfg.env_overrides)
     if cfg.obs == "privileged":
         extra += ["sensors.state=true", "sensors.camera=false"]
+    elif cfg.algo == "ppo" and cfg.ppo.privileged_critic:
+        extra += ["sensors.state=true"]  # for the critic only
     return extra
 
 

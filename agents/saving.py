@@ -98,6 +98,14 @@ def normalize_obs(obs: dict[str, np.ndarray], stats: dict[str, Any]) -> dict[str
     return out
 
 
+def _for_keys(stats: dict[str, Any] | None, space: spaces.Space[Any]) -> dict[str, Any] | None:
+    """Observation statistics restricted to the keys of ``space`` (a saved actor without
+    the privileged input must not be asked to normalise it)."""
+    if not stats or not isinstance(space, spaces.Dict):
+        return stats
+    return {**stats, "obs": {k: v for k, v in stats["obs"].items() if k in space.spaces}}
+
+
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file, hex."""
     digest = hashlib.sha256()
@@ -133,16 +141,21 @@ def save_agent(directory: str | Path, model: Any, cfg: Any, venv: VecNormalize |
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     policy = model.policy if hasattr(model, "policy") else model
-    tensors = {k: v.detach().cpu().clone() for k, v in policy.state_dict().items()}
+    # A policy with a training-only privileged critic saves its deployable actor.
+    actor_only = hasattr(policy, "actor_state_dict")
+    state = policy.actor_state_dict() if actor_only else policy.state_dict()
+    obs_space = policy.actor_observation_space if actor_only else policy.observation_space
+    tensors = {k: v.detach().cpu().clone() for k, v in state.items()}
     with atomic_path(out / WEIGHTS_FILE) as tmp:
         save_file(tensors, str(tmp))
     meta = {
         "format": AGENT_FORMAT, "format_version": AGENT_FORMAT_VERSION,
         "algo": algo or cfg.algo, "obs": cfg.obs, "action_mode": cfg.action_mode,
         "env_id": cfg.env_id, "config": to_dict(cfg),
-        "observation_space": space_to_json(policy.observation_space),
+        "observation_space": space_to_json(obs_space),
         "action_space": space_to_json(policy.action_space),
-        "normalization": vecnormalize_to_json(venv) if venv is not None else normalization,
+        "normalization": _for_keys(vecnormalize_to_json(venv) if venv is not None
+                                   else normalization, obs_space),
         "encoder": encoder_reference(cfg.encoder),
         "num_timesteps": int(getattr(model, "num_timesteps", 0)),
         "weights_sha256": file_sha256(out / WEIGHTS_FILE),

@@ -42,6 +42,7 @@ from stable_baselines3.common.vec_env import (
 from agents.config import TrainConfig
 from agents.env_factory import VECTOR_KEYS, env_fns
 from agents.extractors import extractor_kwargs
+from agents.privileged_critic import PRIVILEGED_KEY, PrivilegedCriticPolicy
 from agents.saving import (
     AGENT_FILE,
     WEIGHTS_FILE,
@@ -92,10 +93,14 @@ def build_vec_env(cfg: TrainConfig, device: torch.device) -> VecNormalize:
         # The starting policy was fitted to the observation statistics it comes with
         # (initialise_from loads them); letting them drift with the new rollouts would
         # change its inputs under it. Reward statistics still adapt.
+        # With a privileged critic the state vector only feeds that critic, which starts
+        # from scratch: its statistics keep learning.
+        critic_only = PRIVILEGED_KEY if cfg.algo == "ppo" and cfg.ppo.privileged_critic else None
         obs_rms = normalized.obs_rms
         assert isinstance(obs_rms, dict)
         for key in list(obs_rms):
-            obs_rms[key] = FrozenRunningMeanStd(shape=obs_rms[key].mean.shape)
+            if key != critic_only:
+                obs_rms[key] = FrozenRunningMeanStd(shape=obs_rms[key].mean.shape)
     return normalized
 
 
@@ -112,7 +117,11 @@ def build_model(cfg: TrainConfig, venv: VecEnv, device: torch.device, tb_dir: Pa
     extractor = extractor_kwargs(cfg.obs, cfg.encoder, cfg.seed)
     if cfg.algo == "ppo":
         p = cfg.ppo
-        return PPO("MultiInputPolicy", venv, n_steps=p.n_steps, batch_size=p.batch_size,
+        policy: Any = "MultiInputPolicy"
+        if p.privileged_critic:
+            policy = PrivilegedCriticPolicy
+            extractor = {"critic_arch": list(p.net_arch)}
+        return PPO(policy, venv, n_steps=p.n_steps, batch_size=p.batch_size,
                    n_epochs=p.n_epochs, learning_rate=p.learning_rate, gamma=p.gamma,
                    gae_lambda=p.gae_lambda, clip_range=p.clip_range, ent_coef=p.ent_coef,
                    vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm, target_kl=p.target_kl,
@@ -312,6 +321,8 @@ def actor_parameters(model: BaseAlgorithm) -> list[torch.nn.Parameter]:
     policy: Any = model.policy
     value = {id(p) for p in policy.value_net.parameters()}
     value |= {id(p) for p in policy.mlp_extractor.value_net.parameters()}
+    if isinstance(policy, PrivilegedCriticPolicy):
+        value |= {id(p) for p in policy.critic_parameters()}
     return [p for p in policy.parameters() if id(p) not in value]
 
 
@@ -330,8 +341,16 @@ def initialise_from(model: BaseAlgorithm, venv: VecNormalize, agent_dir: Path,
         raise ValueError(f"init_from {agent_dir}: it was trained with obs '{meta['obs']}' and "
                          f"action mode '{meta['action_mode']}', this run uses '{cfg.obs}' and "
                          f"'{cfg.action_mode}'")
+    weights = load_file(str(agent_dir / WEIGHTS_FILE))
     try:
-        model.policy.load_state_dict(load_file(str(agent_dir / WEIGHTS_FILE)))
+        if isinstance(model.policy, PrivilegedCriticPolicy):
+            # The saved agent is a plain actor; the privileged critic starts fresh.
+            missing, unexpected = model.policy.load_state_dict(weights, strict=False)
+            stray = [k for k in missing if not k.startswith("critic.")] + list(unexpected)
+            if stray:
+                raise RuntimeError(f"keys that do not fit: {', '.join(stray[:5])}")
+        else:
+            model.policy.load_state_dict(weights)
     except RuntimeError as exc:
         raise ValueError(f"init_from {agent_dir}: its network does not fit this run's "
                          f"policy ({str(exc).splitlines()[0]})") from None
