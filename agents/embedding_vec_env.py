@@ -31,7 +31,6 @@ so the embeddings do not depend on which env finished first.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -47,7 +46,7 @@ from stable_baselines3.common.vec_env.base_vec_env import (
     VecEnvWrapper,
 )
 
-from agents.shm_vec_env import SharedMemoryVecEnv
+from agents.shm_vec_env import SharedMemoryVecEnv, available_cpus
 from perception.checkpoint import load_encoder
 from perception.encoders import Encoder, build_encoder, freeze
 
@@ -153,7 +152,7 @@ class EmbeddingVecEnv(VecEnvWrapper):
         shared = isinstance(venv, SharedMemoryVecEnv)
         if embed_on_arrival is None:
             embed_on_arrival = (shared and self.device.type == "cpu"
-                                and venv.num_envs <= (os.cpu_count() or 1))
+                                and venv.num_envs <= available_cpus())
         if embed_on_arrival and not shared:
             raise ValueError("embed_on_arrival needs a SharedMemoryVecEnv (its step_wait "
                              f"reports each env as it finishes), got {type(venv).__name__}")

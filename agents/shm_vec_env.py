@@ -123,6 +123,14 @@ class _Resources:
                     process.join(timeout=CLOSE_TIMEOUT_S)
 
 
+def available_cpus() -> int:
+    """How many CPUs this process may run on (its affinity mask where the platform has
+    one, else the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def worker_cpus(num_workers: int) -> list[int | None]:
     """CPU of each worker when pinned: round-robin over the CPUs this process may use
     (all None where the platform cannot pin)."""

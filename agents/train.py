@@ -118,14 +118,15 @@ def build_model(cfg: TrainConfig, venv: VecEnv, device: torch.device, tb_dir: Pa
     if cfg.algo == "ppo":
         p = cfg.ppo
         policy: Any = "MultiInputPolicy"
-        if p.privileged_critic:
+        kwargs: dict[str, Any] = {"net_arch": list(p.net_arch), **extractor}
+        if p.privileged_critic:  # its own extractor; the critic as wide as the actor
             policy = PrivilegedCriticPolicy
-            extractor = {"critic_arch": list(p.net_arch)}
+            kwargs = {"net_arch": list(p.net_arch), "critic_arch": list(p.net_arch)}
         return PPO(policy, venv, n_steps=p.n_steps, batch_size=p.batch_size,
                    n_epochs=p.n_epochs, learning_rate=p.learning_rate, gamma=p.gamma,
                    gae_lambda=p.gae_lambda, clip_range=p.clip_range, ent_coef=p.ent_coef,
                    vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm, target_kl=p.target_kl,
-                   policy_kwargs={"net_arch": list(p.net_arch), **extractor},
+                   policy_kwargs=kwargs,
                    tensorboard_log=str(tb_dir), seed=cfg.seed, device=device, verbose=0)
     s = cfg.sac
     return SAC("MultiInputPolicy", venv, buffer_size=s.buffer_size,
