@@ -168,7 +168,9 @@ class SharedMemoryVecEnv(VecEnv):
             workers, or a worker and the parent, on one core while another idles, and
             that worker becomes the slowest. On the 2-core machine pinning lifted the
             1 -> 2 worker speed-up from about 1.7x to about 1.8-2.0x (see the README's
-            performance table).
+            performance table). None (the default) pins only when the workers fill
+            every CPU: with spare cores the scheduler has room, and two runs sharing a
+            big machine would otherwise both pin to its first CPUs.
 
     Raises:
         ValueError: For no env factories, envs whose spaces differ, or a Tuple
@@ -180,7 +182,7 @@ class SharedMemoryVecEnv(VecEnv):
     def __init__(self, env_fns: Sequence[Callable[[], gym.Env[Any, Any]]],
                  start_method: str | None = None, copy_obs: bool = True,
                  worker_threads: int | None = 1, daemon: bool = True,
-                 pin_workers: bool = True) -> None:
+                 pin_workers: bool | None = None) -> None:
         if len(env_fns) == 0:
             raise ValueError("SharedMemoryVecEnv needs at least one env factory")
         self.closed = False
@@ -206,9 +208,11 @@ class SharedMemoryVecEnv(VecEnv):
     # -- start-up ----------------------------------------------------------------------
 
     def _start_workers(self, env_fns: Sequence[Callable[[], gym.Env[Any, Any]]], daemon: bool,
-                       worker_threads: int | None, pin_workers: bool,
+                       worker_threads: int | None, pin_workers: bool | None,
                        ) -> tuple[spaces.Space[Any], spaces.Space[Any]]:
         ctx = mp.get_context(self.start_method)
+        if pin_workers is None:
+            pin_workers = self.default_pinning(len(env_fns))
         cpus: list[int | None] = (worker_cpus(len(env_fns)) if pin_workers
                                   else [None] * len(env_fns))
         self.worker_cpus = cpus
@@ -260,6 +264,11 @@ class SharedMemoryVecEnv(VecEnv):
         for i in indices:
             self._send(i, ("attach", (i, specs)))
         self._raise_first_error(self._gather(indices), indices, "attach")
+
+    @staticmethod
+    def default_pinning(num_workers: int) -> bool:
+        """Whether ``pin_workers=None`` pins: only when the workers fill every CPU."""
+        return num_workers >= available_cpus()
 
     # -- pipe plumbing -----------------------------------------------------------------
 

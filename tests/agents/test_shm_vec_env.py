@@ -201,7 +201,7 @@ def test_on_ready_error_surfaces_after_all_replies_and_env_stays_usable() -> Non
 def test_workers_are_pinned_round_robin_unless_disabled() -> None:
     allowed = sorted(os.sched_getaffinity(0))
     assert worker_cpus(3) == [allowed[i % len(allowed)] for i in range(3)]
-    venv = SharedMemoryVecEnv([ENV_FN, ENV_FN])
+    venv = SharedMemoryVecEnv([ENV_FN, ENV_FN], pin_workers=True)
     free = SharedMemoryVecEnv([ENV_FN], pin_workers=False)
     try:
         assert venv.worker_cpus == worker_cpus(2)
@@ -210,6 +210,9 @@ def test_workers_are_pinned_round_robin_unless_disabled() -> None:
         assert free.worker_cpus == [None]
         pid = free._res.processes[0].pid
         assert pid is not None and os.sched_getaffinity(pid) == set(allowed)
+        # By default only workers that fill every CPU are pinned.
+        assert SharedMemoryVecEnv.default_pinning(len(allowed)) is True
+        assert SharedMemoryVecEnv.default_pinning(len(allowed) - 1) is False
     finally:
         venv.close()
         free.close()
