@@ -27,6 +27,7 @@ from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 from tqdm import tqdm
 
 from agents.config import TrainConfig
+from agents.embedding_history import EmbeddingHistory, remember, stacked_space
 from agents.env_factory import VECTOR_KEYS, build_env, env_overrides
 from agents.extractors import extractor_kwargs, policy_input
 from agents.saving import normalize_obs, save_agent
@@ -43,17 +44,24 @@ CLIP_OBS = 10.0
 
 
 class ObservationPath:
-    """Turns single env observations into the policy's input for one observation path."""
+    """Turns single env observations into the policy's input for one observation path.
+
+    With ``history.frames > 1`` it remembers the episode's past embeddings: call
+    :meth:`start_episode` after every env reset.
+    """
 
     def __init__(self, cfg: TrainConfig, env_space: spaces.Dict, device: torch.device) -> None:
         self.obs = cfg.obs
         self.encoder: Encoder | None = None
+        self.history: EmbeddingHistory | None = None
+        self._new_episode = True
         parts: dict[str, spaces.Space[Any]] = {}
         if cfg.obs == "frozen":
             assert cfg.encoder is not None
             self.encoder = load_encoder(cfg.encoder, device=device)
-            parts["embedding"] = spaces.Box(-np.inf, np.inf, (self.encoder.embed_dim,),
-                                            np.float32)
+            parts["embedding"] = stacked_space(self.encoder.embed_dim, cfg.history)
+            if cfg.history.frames > 1:
+                self.history = EmbeddingHistory(1, self.encoder.embed_dim, cfg.history)
         elif cfg.obs in ("finetune", "scratch"):
             h, w, c = env_space["camera"].shape  # type: ignore[misc]
             parts["camera"] = spaces.Box(0, 255, (c, h, w), np.uint8)
@@ -62,9 +70,17 @@ class ObservationPath:
                 parts[key] = env_space.spaces[key]
         self.space = spaces.Dict(parts)
 
+    def start_episode(self) -> None:
+        """The next observation is an episode's first."""
+        self._new_episode = True
+
     def __call__(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One observation, unbatched, unnormalised."""
-        return policy_input(obs, self.space.spaces, self.encoder)
+        out = policy_input(obs, self.space.spaces, self.encoder)
+        if self.history is not None:
+            out["embedding"] = remember(self.history, out["embedding"], self._new_episode)
+        self._new_episode = False
+        return out
 
 
 def normalization_stats(data: list[dict[str, np.ndarray]], keys: list[str]) -> dict[str, Any]:
@@ -83,6 +99,7 @@ def drive(env: gym.Env[Any, Any], path: ObservationPath, expert: ExpertPolicy,
     """One episode; the learner drives when given (DAgger), else the expert. Returns the
     visited observations and the expert's action at each."""
     obs, _ = env.reset(seed=seed)
+    path.start_episode()
     observations: list[dict[str, np.ndarray]] = []
     labels: list[Any] = []
     for _ in range(max_steps):

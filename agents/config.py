@@ -114,6 +114,31 @@ class BCConfig:
 
 
 @dataclass(frozen=True)
+class HistoryConfig:
+    """How many past embeddings the policy sees (``frozen`` observation path).
+
+    Attributes:
+        frames: Embeddings concatenated per observation, the current one included
+            (1: no memory).
+        stride: Decisions between two of them (1: consecutive decisions; with the
+            ``behavior`` layer's 0.3 s decisions, ``frames=4, stride=2`` reaches 1.8 s
+            back).
+    """
+
+    frames: int = 1
+    stride: int = 1
+
+    def __post_init__(self) -> None:
+        require(self.frames >= 1 and self.stride >= 1,
+                "history.frames and history.stride must be >= 1")
+
+    @property
+    def span(self) -> int:
+        """Embeddings each env must remember: ``(frames - 1) * stride + 1``."""
+        return (self.frames - 1) * self.stride + 1
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """A training run.
 
@@ -140,6 +165,7 @@ class TrainConfig:
             the run (e.g. a behaviour-cloning agent with the same observation path and
             action mode, to fine-tune it with PPO); ``None``: random initialisation.
         env_overrides: Env config overrides (``key.sub=value``).
+        history: How many past embeddings the policy sees (``frozen`` path only).
         ppo / sac / bc: Algorithm settings.
     """
 
@@ -157,6 +183,7 @@ class TrainConfig:
     max_minutes: float | None = None
     init_from: str | None = None
     env_overrides: tuple[str, ...] = ()
+    history: HistoryConfig = field(default_factory=HistoryConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     sac: SACConfig = field(default_factory=SACConfig)
     bc: BCConfig = field(default_factory=BCConfig)
@@ -180,6 +207,9 @@ class TrainConfig:
         if self.algo == "ppo" and self.ppo.privileged_critic and self.obs != "frozen":
             raise ConfigError(f"ppo.privileged_critic works with obs 'frozen' only, not "
                               f"'{self.obs}'")
+        if self.history.frames > 1 and self.obs != "frozen":
+            raise ConfigError(f"history.frames > 1 works with obs 'frozen' only (it stacks "
+                              f"embeddings), not '{self.obs}'")
 
 
 def load_train_config(source: str | Path | Mapping[str, Any] | None = None,

@@ -13,6 +13,8 @@ from safetensors.torch import load_file
 from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 from stable_baselines3.sac.policies import MultiInputPolicy as MultiInputSACPolicy
 
+from agents.config import HistoryConfig
+from agents.embedding_history import EmbeddingHistory, remember
 from agents.extractors import extractor_kwargs, policy_input
 from agents.saving import (
     AGENT_FILE,
@@ -109,13 +111,26 @@ class TrainedPolicy:
         self.policy.to(device)
         self.policy.set_training_mode(False)
         self.normalization = meta.get("normalization")
+        # Agents saved before the history option have none (one embedding).
+        self.history_cfg = HistoryConfig(**cfg.get("history", {}))
+        self.history: EmbeddingHistory | None = None
+        if self.history_cfg.frames > 1 and self.encoder is not None:
+            self.history = EmbeddingHistory(1, self.encoder.embed_dim, self.history_cfg)
+        self._new_episode = True
 
     def reset(self, seed: int | None = None) -> None:
-        """Trained policies act deterministically; nothing to reset."""
+        """Start an episode: trained policies act deterministically, and an agent with
+        an embedding history forgets the last episode's."""
+        self._new_episode = True
 
     def observation(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Turn one env observation into the policy's (batched, normalised) input."""
+        """Turn one env observation into the policy's (batched, normalised) input; with
+        an embedding history, call once per decision (and :meth:`reset` per episode)."""
         single = policy_input(obs, self.policy.observation_space.spaces, self.encoder)
+        if self.history is not None:
+            single["embedding"] = remember(self.history, single["embedding"],
+                                           self._new_episode)
+        self._new_episode = False
         batch = {key: value[None] for key, value in single.items()}
         if self.normalization:
             batch = normalize_obs(batch, self.normalization)

@@ -3,7 +3,8 @@
 1. Resolve the config and write it beside the run (``<out>/config.yaml``).
 2. Build N envs (worker processes with shared-memory frames when N > 1), the
    observation path (frozen encoder embeddings computed once per step for the batch,
-   or the camera for ``finetune`` / ``scratch``, or the privileged state) and
+   optionally with the last few stacked (``history``), or the camera for ``finetune`` /
+   ``scratch``, or the privileged state) and
    observation normalisation (:class:`VecNormalize`).
 3. Build the model, or restore it from ``<out>/checkpoint`` (weights, optimizer,
    normalisation statistics, RNG states and every env's exact state, rebuilt by
@@ -35,11 +36,13 @@ from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import (
     DummyVecEnv,
     VecEnv,
+    VecEnvWrapper,
     VecNormalize,
     unwrap_vec_normalize,
 )
 
 from agents.config import TrainConfig
+from agents.embedding_history import EmbeddingHistoryVecEnv
 from agents.env_factory import VECTOR_KEYS, env_fns
 from agents.extractors import extractor_kwargs
 from agents.privileged_critic import PRIVILEGED_KEY, PrivilegedCriticPolicy
@@ -85,6 +88,8 @@ def build_vec_env(cfg: TrainConfig, device: torch.device) -> VecNormalize:
         assert cfg.encoder is not None
         venv = EmbeddingVecEnv(venv, Path(cfg.encoder), device=device,
                               compile_encoder=cfg.compile_encoder)
+        if cfg.history.frames > 1:
+            venv = EmbeddingHistoryVecEnv(venv, cfg.history)
     assert isinstance(venv.observation_space, spaces.Dict)
     keys = [k for k in ("embedding", *VECTOR_KEYS) if k in venv.observation_space.spaces]
     normalized = VecNormalize(venv, norm_obs=True, norm_reward=True, norm_obs_keys=keys,
@@ -212,6 +217,15 @@ class ResumeCheckpointCallback(BaseCallback):
         return True
 
 
+def _history(venv: VecEnv) -> EmbeddingHistoryVecEnv | None:
+    """The run's embedding-history wrapper, if it has one, under ``venv``."""
+    while isinstance(venv, VecEnvWrapper):
+        if isinstance(venv, EmbeddingHistoryVecEnv):
+            return venv
+        venv = venv.venv
+    return None
+
+
 def _optimizers(model: BaseAlgorithm) -> dict[str, torch.optim.Optimizer]:
     if isinstance(model, SAC):
         opts = {"actor": model.actor.optimizer, "critic": model.critic.optimizer}
@@ -224,9 +238,10 @@ def _optimizers(model: BaseAlgorithm) -> dict[str, torch.optim.Optimizer]:
 def save_training_state(directory: Path, model: BaseAlgorithm, cfg: TrainConfig) -> None:
     """Everything a resumed run needs, as safetensors + JSON (nothing pickled).
 
-    Tensors: policy weights, optimizer tensors, the last observation batch and the
-    torch RNG state. JSON: counters, optimizer scalars, numpy RNG state, normalisation
-    statistics and each env's episode seed and actions so far.
+    Tensors: policy weights, optimizer tensors, the last observation batch, the torch
+    RNG state and, with ``history.frames > 1``, every env's past embeddings. JSON:
+    counters, optimizer scalars, numpy RNG state, normalisation statistics and each env's
+    episode seed and actions so far.
     """
     directory.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {f"policy.{k}": v.detach().cpu().clone()
@@ -254,6 +269,9 @@ def save_training_state(directory: Path, model: BaseAlgorithm, cfg: TrainConfig)
     assert top is not None
     venv = unwrap_vec_normalize(top)  # image paths have SB3's VecTransposeImage on top
     assert venv is not None
+    memory = _history(venv)
+    if memory is not None:  # the past embeddings, which re-simulating would not restore
+        tensors["history"] = torch.from_numpy(memory.history.buffer.copy())
     np_state: Any = np.random.get_state()
     meta = {
         "num_timesteps": model.num_timesteps,
@@ -304,6 +322,9 @@ def restore_training_state(directory: Path, model: BaseAlgorithm) -> int:
     vecnormalize_from_json(venv, meta["vecnormalize"])
     for i, snap in enumerate(meta["envs"]):
         venv.env_method("restore", snap, indices=[i])
+    memory = _history(venv)
+    if memory is not None:
+        memory.history.buffer[...] = tensors["history"].numpy()
     model._last_obs = {k[len("last_obs."):]: v.numpy() for k, v in tensors.items()
                        if k.startswith("last_obs.")}
     model._last_episode_starts = np.asarray(meta["last_episode_starts"], dtype=bool)
