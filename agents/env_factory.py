@@ -84,8 +84,9 @@ class ActionLog(gym.Wrapper[Any, Any, Any, Any]):
 
 #: The vector observations a policy sees next to its image features, when the env has
 #: them: ``measurements`` (always), ``decision`` (the ``behavior`` layer's target speed and
-#: lane) and ``state`` (privileged path).
-VECTOR_KEYS = ("measurements", "decision", "state")
+#: lane), ``lidar`` (ranges, with ``sensors.lidar=true`` in ``env_overrides``: a camera +
+#: lidar agent) and ``state`` (privileged path).
+VECTOR_KEYS = ("measurements", "decision", "lidar", "state")
 
 
 def env_overrides(cfg: TrainConfig) -> list[str]:

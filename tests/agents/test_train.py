@@ -140,3 +140,28 @@ def test_image_path_and_sac_train_checkpoint_and_load(overrides: list[str],
     obs, _ = env.reset(seed=200_002)
     assert env.action_space.contains(agent.act(obs, env))
     env.close()
+
+
+def test_a_camera_and_lidar_agent_sees_the_ranges_in_training_and_evaluation(
+        tmp_path: Path) -> None:
+    from evaluation.runner import resolve_agent
+
+    enc = save_encoder(tmp_path / "enc", build_encoder("nature_cnn"),
+                       EncoderConfig("nature_cnn"))
+    cfg = load_train_config(overrides=[
+        "algo=bc", f"encoder={enc}", "bc.episodes=1", "bc.max_steps=10", "bc.epochs=1",
+        "env_overrides=[traffic.num_vehicles=4,sensors.lidar=true]"])
+    result = train(cfg, tmp_path / "bc", progress=False)
+    meta = json.loads((result.agent_dir / "agent.json").read_text())
+    rays = meta["observation_space"]["spaces"]["lidar"]["shape"]
+    assert rays == [192] and "lidar" in meta["normalization"]["obs"]
+    # Evaluation turns the agent's lidar on (its observation overrides travel with it).
+    spec = resolve_agent(str(result.agent_dir))
+    assert "sensors.lidar=true" in spec.env_overrides
+    agent = load_agent(result.agent_dir)
+    env = gym.make("bulletdrive/Highway-v0", action_mode="behavior",
+                   overrides=["traffic.num_vehicles=4", *spec.env_overrides])
+    obs, _ = env.reset(seed=200_003)
+    assert agent.observation(obs)["lidar"].shape == (1, 192)
+    assert env.action_space.contains(agent.act(obs, env))
+    env.close()
