@@ -139,6 +139,25 @@ class HistoryConfig:
 
 
 @dataclass(frozen=True)
+class ShapingConfig:
+    """Training reward shaping (:mod:`agents.shaping`; evaluation is unaffected).
+
+    Attributes:
+        ttc_threshold_s: Times to collision with the vehicle ahead below this are
+            penalised [s].
+        ttc_weight: Penalty per decision at contact (TTC 0), falling linearly to 0 at
+            the threshold; 0 (the default) turns shaping off.
+    """
+
+    ttc_threshold_s: float = 3.0
+    ttc_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(self.ttc_threshold_s > 0, "shaping.ttc_threshold_s must be > 0")
+        require(self.ttc_weight >= 0, "shaping.ttc_weight must be >= 0")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """A training run.
 
@@ -166,6 +185,7 @@ class TrainConfig:
             action mode, to fine-tune it with PPO); ``None``: random initialisation.
         env_overrides: Env config overrides (``key.sub=value``).
         history: How many past embeddings the policy sees (``frozen`` path only).
+        shaping: Training reward shaping (a time-to-collision penalty).
         ppo / sac / bc: Algorithm settings.
     """
 
@@ -184,6 +204,7 @@ class TrainConfig:
     init_from: str | None = None
     env_overrides: tuple[str, ...] = ()
     history: HistoryConfig = field(default_factory=HistoryConfig)
+    shaping: ShapingConfig = field(default_factory=ShapingConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     sac: SACConfig = field(default_factory=SACConfig)
     bc: BCConfig = field(default_factory=BCConfig)

@@ -11,7 +11,8 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.monitor import Monitor
 
-from agents.config import TRAIN_SEED_RANGE, TrainConfig
+from agents.config import TRAIN_SEED_RANGE, ShapingConfig, TrainConfig
+from agents.shaping import TTCPenalty
 from planning.make import make_env
 
 
@@ -99,14 +100,18 @@ def env_overrides(cfg: TrainConfig) -> list[str]:
     return extra
 
 
-def build_env(env_id: str, action_mode: str, overrides: Sequence[str]) -> gym.Env[Any, Any]:
-    """One training env: driving env + action mode + episode statistics (SB3 ``Monitor``:
-    reward and length in TensorBoard) + train seeds + action log."""
-    return ActionLog(TrainSeeds(Monitor(make_env(env_id, action_mode=action_mode,
-                                                 overrides=list(overrides)))))
+def build_env(env_id: str, action_mode: str, overrides: Sequence[str],
+              shaping: ShapingConfig | None = None) -> gym.Env[Any, Any]:
+    """One training env: driving env + action mode + reward shaping (when on) + episode
+    statistics (SB3 ``Monitor``: reward and length in TensorBoard) + train seeds + action
+    log."""
+    env = make_env(env_id, action_mode=action_mode, overrides=list(overrides))
+    if shaping is not None and shaping.ttc_weight > 0:
+        env = TTCPenalty(env, shaping)
+    return ActionLog(TrainSeeds(Monitor(env)))
 
 
 def env_fns(cfg: TrainConfig) -> list[Callable[[], gym.Env[Any, Any]]]:
     """Picklable env factories for a vectorised env."""
-    return [functools.partial(build_env, cfg.env_id, cfg.action_mode, env_overrides(cfg))
-            for _ in range(cfg.num_envs)]
+    return [functools.partial(build_env, cfg.env_id, cfg.action_mode, env_overrides(cfg),
+                              cfg.shaping) for _ in range(cfg.num_envs)]
