@@ -263,6 +263,9 @@ def _roadside_objects(cfg: HighwayMapConfig, rng: np.random.Generator, ref_xy: F
             objects.append(StaticObject("tree", float(x), float(y), float(rng.uniform(0, np.pi)),
                                         (crown, crown, float(h_i))))
     for s_i in np.arange(150.0, station[-1] - 50.0, 500.0):
+        if cfg.on_ramp and (merge_start - cfg.ramp_length_m - 20.0 < s_i
+                            < merge_start + cfg.accel_lane_m + 60.0):
+            continue  # the ramp and the acceleration lane run where the sign would stand
         j = int(np.searchsorted(station, s_i))
         x, y = offset_polyline(ref_xy[j : j + 1], ref_h[j : j + 1], -(edge + 1.5))[0]
         objects.append(StaticObject("sign", float(x), float(y), float(ref_h[j]), (0.15, 1.2, 2.8)))

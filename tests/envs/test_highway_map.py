@@ -105,3 +105,16 @@ def test_bad_map_config_is_rejected() -> None:
         from_dict(HighwayMapConfig, {"lanes_min": 4, "lanes_max": 3})
     with pytest.raises(ConfigError, match="unknown config key 'lane_widht_m'"):
         from_dict(HighwayMapConfig, {"lane_widht_m": 3.5})
+
+
+def test_no_roadside_object_stands_on_a_lane() -> None:
+    # A speed-limit sign used to be planted on the on-ramp when its 500 m spacing fell
+    # there (test seed 200068: every agent, the expert included, hit it).
+    for seed in range(60):
+        road, _ = generate_highway(CFG, seed)
+        for obj in road.objects:
+            lp = road.locate(np.array([obj.x, obj.y]))
+            if lp is None:
+                continue
+            half = float(road.lane(lp.lane).width_at(lp.s)) / 2.0
+            assert abs(lp.d) > half + 0.5, (seed, obj, lp)
