@@ -388,8 +388,10 @@ def initialise_from(model: BaseAlgorithm, venv: VecNormalize, agent_dir: Path,
 
 
 def check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
-    """A run resumes only with the config it was started with (the step budget aside)."""
+    """A run resumes only with the config it was started with (the step budget aside).
+    A section the saved config lacks predates its option and counts as its default."""
     current = to_dict(cfg)
+    saved = {**to_dict(TrainConfig()), **saved}
     diffs = sorted(k for k in set(saved) | set(current)
                    if k not in RESUME_FREE_KEYS and saved.get(k) != current.get(k))
     if diffs:

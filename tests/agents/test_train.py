@@ -165,3 +165,15 @@ def test_a_camera_and_lidar_agent_sees_the_ranges_in_training_and_evaluation(
     assert agent.observation(obs)["lidar"].shape == (1, 192)
     assert env.action_space.contains(agent.act(obs, env))
     env.close()
+
+
+def test_a_checkpoint_from_before_an_option_resumes_with_its_default() -> None:
+    from agents.train import check_resumable
+    from common.config import to_dict
+
+    cfg = load_train_config(overrides=TINY)
+    older = {k: v for k, v in to_dict(cfg).items() if k not in ("history", "shaping")}
+    check_resumable(older, cfg)  # no error: the options did not exist, defaults apply
+    with pytest.raises(ValueError, match="config differs in history"):
+        check_resumable(older, load_train_config(overrides=[*TINY, "history.frames=2",
+                                                            "obs=frozen"]))
