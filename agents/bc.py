@@ -27,7 +27,7 @@ from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 from tqdm import tqdm
 
 from agents.config import TrainConfig
-from agents.embedding_history import EmbeddingHistory, remember, stacked_space
+from agents.embedding_history import EpisodeHistory, stacked_space
 from agents.env_factory import VECTOR_KEYS, build_env, env_overrides
 from agents.extractors import extractor_kwargs, policy_input
 from agents.saving import normalize_obs, save_agent
@@ -53,15 +53,14 @@ class ObservationPath:
     def __init__(self, cfg: TrainConfig, env_space: spaces.Dict, device: torch.device) -> None:
         self.obs = cfg.obs
         self.encoder: Encoder | None = None
-        self.history: EmbeddingHistory | None = None
-        self._new_episode = True
+        self.history: EpisodeHistory | None = None
         parts: dict[str, spaces.Space[Any]] = {}
         if cfg.obs == "frozen":
             assert cfg.encoder is not None
             self.encoder = load_encoder(cfg.encoder, device=device)
             parts["embedding"] = stacked_space(self.encoder.embed_dim, cfg.history)
             if cfg.history.frames > 1:
-                self.history = EmbeddingHistory(1, self.encoder.embed_dim, cfg.history)
+                self.history = EpisodeHistory(self.encoder.embed_dim, cfg.history)
         elif cfg.obs in ("finetune", "scratch"):
             h, w, c = env_space["camera"].shape  # type: ignore[misc]
             parts["camera"] = spaces.Box(0, 255, (c, h, w), np.uint8)
@@ -72,14 +71,14 @@ class ObservationPath:
 
     def start_episode(self) -> None:
         """The next observation is an episode's first."""
-        self._new_episode = True
+        if self.history is not None:
+            self.history.start_episode()
 
     def __call__(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One observation, unbatched, unnormalised."""
         out = policy_input(obs, self.space.spaces, self.encoder)
         if self.history is not None:
-            out["embedding"] = remember(self.history, out["embedding"], self._new_episode)
-        self._new_episode = False
+            out["embedding"] = self.history(out["embedding"])
         return out
 
 

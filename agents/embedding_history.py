@@ -76,15 +76,32 @@ class EmbeddingHistory:
         return ring[::self.cfg.stride].reshape(-1)
 
 
-def remember(history: EmbeddingHistory, embedding: np.ndarray, new_episode: bool
-             ) -> np.ndarray:
-    """One env's (``history`` with N = 1) input ``(frames * D,)`` for its next embedding
-    ``(D,)``; ``new_episode`` starts its memory afresh."""
-    if new_episode:
-        history.start(embedding[None])
-    else:
-        history.push(embedding[None])
-    return history.stacked()[0]
+class EpisodeHistory:
+    """The history of one env whose observations arrive one at a time (behaviour
+    cloning, loaded agents): call :meth:`start_episode` at each reset and the instance
+    once per decision.
+
+    Args:
+        dim: Embedding size D.
+        cfg: Frames and stride.
+    """
+
+    def __init__(self, dim: int, cfg: HistoryConfig) -> None:
+        self.history = EmbeddingHistory(1, dim, cfg)
+        self._new_episode = True
+
+    def start_episode(self) -> None:
+        """The next embedding is an episode's first."""
+        self._new_episode = True
+
+    def __call__(self, embedding: np.ndarray) -> np.ndarray:
+        """The policy input ``(frames * D,)`` for the next embedding ``(D,)``."""
+        if self._new_episode:
+            self.history.start(embedding[None])
+        else:
+            self.history.push(embedding[None])
+        self._new_episode = False
+        return self.history.stacked()[0]
 
 
 def stacked_space(dim: int, cfg: HistoryConfig) -> spaces.Box:
@@ -135,4 +152,4 @@ class EmbeddingHistoryVecEnv(VecEnvWrapper):
         return {**obs, EMBEDDING_KEY: self.history.stacked()}, rewards, dones, infos
 
 
-__all__ = ["EmbeddingHistory", "EmbeddingHistoryVecEnv", "remember", "stacked_space"]
+__all__ = ["EmbeddingHistory", "EmbeddingHistoryVecEnv", "EpisodeHistory", "stacked_space"]

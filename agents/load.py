@@ -14,7 +14,7 @@ from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 from stable_baselines3.sac.policies import MultiInputPolicy as MultiInputSACPolicy
 
 from agents.config import HistoryConfig
-from agents.embedding_history import EmbeddingHistory, remember
+from agents.embedding_history import EpisodeHistory
 from agents.extractors import extractor_kwargs, policy_input
 from agents.saving import (
     AGENT_FILE,
@@ -113,24 +113,22 @@ class TrainedPolicy:
         self.normalization = meta.get("normalization")
         # Agents saved before the history option have none (one embedding).
         self.history_cfg = HistoryConfig(**cfg.get("history", {}))
-        self.history: EmbeddingHistory | None = None
+        self.history: EpisodeHistory | None = None
         if self.history_cfg.frames > 1 and self.encoder is not None:
-            self.history = EmbeddingHistory(1, self.encoder.embed_dim, self.history_cfg)
-        self._new_episode = True
+            self.history = EpisodeHistory(self.encoder.embed_dim, self.history_cfg)
 
     def reset(self, seed: int | None = None) -> None:
         """Start an episode: trained policies act deterministically, and an agent with
         an embedding history forgets the last episode's."""
-        self._new_episode = True
+        if self.history is not None:
+            self.history.start_episode()
 
     def observation(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Turn one env observation into the policy's (batched, normalised) input; with
         an embedding history, call once per decision (and :meth:`reset` per episode)."""
         single = policy_input(obs, self.policy.observation_space.spaces, self.encoder)
         if self.history is not None:
-            single["embedding"] = remember(self.history, single["embedding"],
-                                           self._new_episode)
-        self._new_episode = False
+            single["embedding"] = self.history(single["embedding"])
         batch = {key: value[None] for key, value in single.items()}
         if self.normalization:
             batch = normalize_obs(batch, self.normalization)

@@ -245,6 +245,12 @@ def _roadside_objects(cfg: HighwayMapConfig, rng: np.random.Generator, ref_xy: F
     """Trees on both verges and speed-limit signs on the right, away from the ramp."""
     edge = cfg.median_m / 2.0 + n * cfg.lane_width_m + cfg.shoulder_m
     objects: list[StaticObject] = []
+
+    def near_ramp(s_i: float) -> bool:
+        """Whether station ``s_i`` [m] lies along the ramp or the acceleration lane."""
+        return cfg.on_ramp and (merge_start - cfg.ramp_length_m - 20.0 < s_i
+                                < merge_start + cfg.accel_lane_m + 60.0)
+
     count = rng.poisson(cfg.trees_per_km * cfg.length_m / 1000.0, size=2)
     for side, k in zip((1.0, -1.0), count, strict=True):
         st = np.sort(rng.uniform(0.0, station[-1], size=int(k)))
@@ -252,10 +258,9 @@ def _roadside_objects(cfg: HighwayMapConfig, rng: np.random.Generator, ref_xy: F
         heights = rng.uniform(4.0, 9.0, size=int(k))
         for s_i, d_i, h_i in zip(st, dist, heights, strict=True):
             d = side * (edge + d_i)
-            if cfg.on_ramp and side < 0 and merge_start - cfg.ramp_length_m - 20 < s_i:
-                ramp_d = _ramp_offset(cfg, n, merge_start, np.asarray([s_i]))[0]
-                if s_i < merge_start + cfg.accel_lane_m + 60 and d > ramp_d - 12.0:
-                    continue
+            if side < 0 and near_ramp(s_i) and d > _ramp_offset(
+                    cfg, n, merge_start, np.asarray([s_i]))[0] - 12.0:
+                continue
             j = int(np.searchsorted(station, s_i))
             j = min(j, len(station) - 1)
             x, y = offset_polyline(ref_xy[j : j + 1], ref_h[j : j + 1], d)[0]
@@ -263,8 +268,7 @@ def _roadside_objects(cfg: HighwayMapConfig, rng: np.random.Generator, ref_xy: F
             objects.append(StaticObject("tree", float(x), float(y), float(rng.uniform(0, np.pi)),
                                         (crown, crown, float(h_i))))
     for s_i in np.arange(150.0, station[-1] - 50.0, 500.0):
-        if cfg.on_ramp and (merge_start - cfg.ramp_length_m - 20.0 < s_i
-                            < merge_start + cfg.accel_lane_m + 60.0):
+        if near_ramp(s_i):
             continue  # the ramp and the acceleration lane run where the sign would stand
         j = int(np.searchsorted(station, s_i))
         x, y = offset_polyline(ref_xy[j : j + 1], ref_h[j : j + 1], -(edge + 1.5))[0]
