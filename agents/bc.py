@@ -35,6 +35,7 @@ from common.config import to_dict
 from common.io import atomic_write_text
 from perception.checkpoint import load_encoder
 from perception.encoders import Encoder
+from planning.action_modes import MetaAction
 from planning.policies import ExpertPolicy
 
 #: Added to variances so constant features do not divide by zero.
@@ -161,6 +162,10 @@ def fit(policy: MultiInputActorCriticPolicy, data: list[dict[str, np.ndarray]],
     train_idx = torch.as_tensor(np.flatnonzero(~is_val), device=device)
     val_idx = torch.as_tensor(np.flatnonzero(is_val), device=device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.bc.learning_rate)
+    # Per-row loss weights (bc.action_weights); all 1 without them.
+    row_weight = (torch.as_tensor(cfg.bc.action_weights, dtype=torch.float32,
+                                  device=device)[target.long()]
+                  if cfg.bc.action_weights else torch.ones(len(target), device=device))
     best_val, best_state, stale = math.inf, None, 0
     last, epochs = float("nan"), 0
     for epochs in range(1, cfg.bc.epochs + 1):  # noqa: B007 (reported after the loop)
@@ -171,7 +176,7 @@ def fit(policy: MultiInputActorCriticPolicy, data: list[dict[str, np.ndarray]],
             idx = order[start:start + cfg.bc.batch_size]
             batch = {k: v[idx] for k, v in tensors.items()}
             _, log_prob, _ = policy.evaluate_actions(batch, target[idx])
-            loss = -log_prob.mean()
+            loss = -(row_weight[idx] * log_prob).sum() / row_weight[idx].sum()
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
@@ -184,7 +189,7 @@ def fit(policy: MultiInputActorCriticPolicy, data: list[dict[str, np.ndarray]],
         with torch.no_grad():
             _, log_prob, _ = policy.evaluate_actions({k: v[val_idx] for k, v in tensors.items()},
                                                      target[val_idx])
-        val = float(-log_prob.mean())
+        val = float(-(row_weight[val_idx] * log_prob).sum() / row_weight[val_idx].sum())
         if val < best_val:
             best_val, stale = val, 0
             best_state = copy.deepcopy(policy.state_dict())
@@ -197,6 +202,15 @@ def fit(policy: MultiInputActorCriticPolicy, data: list[dict[str, np.ndarray]],
     policy.set_training_mode(False)
     return {"train_nll": last, "val_nll": best_val if best_state is not None else math.nan,
             "epochs": float(epochs)}
+
+
+def label_counts(actions: list[Any]) -> dict[str, int] | None:
+    """How often each ``behavior`` meta-action was the expert's label (``None`` for the
+    continuous modes), for choosing ``bc.action_weights``."""
+    if not actions or np.ndim(actions[0]) != 0:
+        return None
+    counts = np.bincount(np.asarray(actions, int), minlength=len(MetaAction))
+    return {a.name.lower(): int(counts[a.value]) for a in MetaAction}
 
 
 def train_bc(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> Any:
@@ -254,5 +268,6 @@ def train_bc(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> An
                            extra={"bc_samples": len(data), "bc_final_nll": fit_info["train_nll"],
                                   "bc_val_nll": (None if math.isnan(fit_info["val_nll"])
                                                  else fit_info["val_nll"]),
-                                  "bc_epochs": fit_info["epochs"]})
+                                  "bc_epochs": fit_info["epochs"],
+                                  "bc_label_counts": label_counts(actions)})
     return TrainResult(out, agent_dir, len(data), 0, (time.perf_counter() - start) / 60.0)

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import envs
 from common.config import ConfigError, load_config, require
 from envs.config import ACTION_MODES
+from planning.action_modes import MetaAction
 
 #: Observation paths (design brief section 5).
 OBS_PATHS = ("frozen", "finetune", "scratch", "privileged")
@@ -95,6 +96,10 @@ class BCConfig:
             without a better one. 0 (the default): no hold-out, every fit runs ``epochs``
             epochs and keeps the last weights, which drove best in our runs (README).
         patience: Epochs without a better validation loss before a fit stops.
+        action_weights: ``behavior`` mode: weight of each meta-action's labels in the
+            negative log-likelihood, one per action in ``MetaAction`` order (keep, left,
+            right, faster, slower, stop); empty (the default): all 1. Up-weighting the
+            rare braking labels makes the clone brake earlier (README, agents section).
     """
 
     episodes: int = 20
@@ -106,9 +111,12 @@ class BCConfig:
     learning_rate: float = 1e-3
     val_fraction: float = 0.0
     patience: int = 5
+    action_weights: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         require(0.0 <= self.val_fraction < 1.0, "bc.val_fraction must be in [0, 1)")
+        require(all(w > 0.0 for w in self.action_weights),
+                f"bc.action_weights must all be > 0, got {list(self.action_weights)}")
         require(self.patience >= 1 and self.epochs >= 1, "bc.patience and bc.epochs must be "
                 ">= 1")
 
@@ -228,6 +236,12 @@ class TrainConfig:
         if self.algo == "ppo" and self.ppo.privileged_critic and self.obs != "frozen":
             raise ConfigError(f"ppo.privileged_critic works with obs 'frozen' only, not "
                               f"'{self.obs}'")
+        if self.bc.action_weights and (self.action_mode != "behavior"
+                                       or len(self.bc.action_weights) != len(MetaAction)):
+            raise ConfigError(f"bc.action_weights needs action_mode 'behavior' and one weight "
+                              f"per meta-action ({', '.join(a.name.lower() for a in MetaAction)}"
+                              f"), got {len(self.bc.action_weights)} for "
+                              f"'{self.action_mode}'")
         if self.history.frames > 1 and self.obs != "frozen":
             raise ConfigError(f"history.frames > 1 works with obs 'frozen' only (it stacks "
                               f"embeddings), not '{self.obs}'")

@@ -1,4 +1,4 @@
-"""Behaviour cloning's fit: held-out episodes and early stopping."""
+"""Behaviour cloning's fit: held-out episodes, early stopping and action weights."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 
-from agents.bc import EpisodeSplit, fit, normalization_stats
+from agents.bc import EpisodeSplit, fit, label_counts, normalization_stats
 from agents.config import load_train_config
 from agents.saving import normalize_obs
+from common.config import ConfigError
 
 
 def test_episodes_are_assigned_to_validation_once_and_whole() -> None:
@@ -65,3 +66,44 @@ def test_fit_stops_when_validation_stops_improving_and_keeps_the_best_weights() 
             {"measurements": torch.as_tensor(x["measurements"])},
             torch.as_tensor([actions[i] for i in val_rows]))
     assert float(-log_prob.mean()) == pytest.approx(info["val_nll"], rel=1e-4)
+
+
+def test_action_weights_scale_each_label_in_the_likelihood() -> None:
+    # With inputs that carry no information the fit converges to the label frequencies;
+    # weighting a label by w multiplies its count by w in that optimum (closed form).
+    counts = np.array([60, 5, 5, 10, 15, 5])
+    weights = np.array([1.0, 1.0, 1.0, 1.0, 3.0, 2.0])
+    actions = np.repeat(np.arange(6), counts).tolist()
+    data = [{"measurements": np.zeros(4, np.float32)} for _ in actions]
+    cfg = load_train_config(overrides=["bc.epochs=300", "bc.batch_size=100",
+                                       "bc.learning_rate=0.01",
+                                       f"bc.action_weights={weights.tolist()}"])
+    space = spaces.Dict({"measurements": spaces.Box(-np.inf, np.inf, (4,), np.float32)})
+    torch.manual_seed(0)
+    policy = MultiInputActorCriticPolicy(space, spaces.Discrete(6), lambda _: 1e-3,
+                                         net_arch=[16])
+    stats = normalization_stats(data, ["measurements"])
+    fit(policy, data, actions, np.zeros(len(actions), bool), stats, cfg,
+        torch.Generator().manual_seed(0), torch.device("cpu"))
+    with torch.no_grad():
+        dist = policy.get_distribution({"measurements": torch.zeros(1, 4)})
+        probs = dist.distribution.probs[0].numpy()
+    expected = counts * weights / (counts * weights).sum()
+    np.testing.assert_allclose(probs, expected, atol=0.01)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["bc.action_weights=[1, 2, 3]"], "one weight per meta-action"),
+    (["bc.action_weights=[1, 1, 1, 1, 0, 1]"], "must all be > 0"),
+    (["bc.action_weights=[1, 1, 1, 1, 1, 1]", "action_mode=control"], "needs action_mode"),
+])
+def test_action_weights_are_checked(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_train_config(overrides=overrides)
+
+
+def test_label_counts_name_each_meta_action() -> None:
+    assert label_counts([0, 0, 4, 5, 0, 3]) == {"keep_lane": 3, "change_left": 0,
+                                               "change_right": 0, "faster": 1, "slower": 1,
+                                               "stop": 1}
+    assert label_counts([np.zeros(2, np.float32)]) is None  # continuous modes
