@@ -8,6 +8,10 @@
 3. DAgger (``bc.dagger_iterations > 0``): drive the learner, label the states it visits
    with the expert, add them and fit again.
 4. Save it as an agent directory, loadable wherever a policy name is accepted.
+
+With ``bc.save_dataset`` the labelled decisions are also written to
+``<out>/bc_dataset.npz`` (:data:`DATASET_FILE`), with the expert's reasons beside each
+label, for offline studies such as ``scripts/bc_label_study.py``.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from agents.env_factory import VECTOR_KEYS, build_env, env_overrides
 from agents.extractors import extractor_kwargs, policy_input
 from agents.saving import normalize_obs, save_agent
 from common.config import to_dict
-from common.io import atomic_write_text
+from common.io import atomic_write_text, atomic_write_with
 from perception.checkpoint import load_encoder
 from perception.encoders import Encoder
 from planning.action_modes import MetaAction
@@ -93,20 +97,34 @@ def normalization_stats(data: list[dict[str, np.ndarray]], keys: list[str]) -> d
     return {"obs": stats, "epsilon": EPSILON, "clip_obs": CLIP_OBS, "keys": keys}
 
 
+#: File name of the labelled decisions written with ``bc.save_dataset``.
+DATASET_FILE = "bc_dataset.npz"
+#: The expert's reasons stored per decision (columns of the dataset's ``expert_reasons``).
+REASON_COLUMNS = ("speed_mps", "gap_m", "lead_speed_mps", "desired_speed_mps")
+
+
 def drive(env: gym.Env[Any, Any], path: ObservationPath, expert: ExpertPolicy,
           learner: MultiInputActorCriticPolicy | None, stats: dict[str, Any] | None,
-          max_steps: int, seed: int | None) -> tuple[list[dict[str, np.ndarray]], list[Any]]:
+          max_steps: int, seed: int | None
+          ) -> tuple[list[dict[str, np.ndarray]], list[Any], list[tuple[float, ...]]]:
     """One episode; the learner drives when given (DAgger), else the expert. Returns the
-    visited observations and the expert's action at each."""
+    visited observations, the expert's action at each and its reasons
+    (:data:`REASON_COLUMNS`: ego speed and the inputs of the expert's IDM)."""
     obs, _ = env.reset(seed=seed)
     path.start_episode()
     observations: list[dict[str, np.ndarray]] = []
     labels: list[Any] = []
+    reasons: list[tuple[float, ...]] = []
+    driving: Any = env.unwrapped
     for _ in range(max_steps):
         x = path(obs)
         label = expert.act(obs, env)
+        plan = expert.last_plan
+        assert plan is not None
         observations.append(x)
         labels.append(label)
+        reasons.append((float(driving.state.speed_mps), plan.gap_m, plan.lead_speed_mps,
+                        plan.desired_speed_mps))
         action = label
         if learner is not None and stats is not None:
             batch = normalize_obs({k: v[None] for k, v in x.items()}, stats)
@@ -115,7 +133,25 @@ def drive(env: gym.Env[Any, Any], path: ObservationPath, expert: ExpertPolicy,
         obs, _, terminated, truncated, _ = env.step(action)
         if terminated or truncated:
             break
-    return observations, labels
+    return observations, labels, reasons
+
+
+def save_dataset(path: Path, data: list[dict[str, np.ndarray]], actions: list[Any],
+                 reasons: list[tuple[float, ...]], lengths: list[int]) -> None:
+    """Write the labelled decisions to ``path`` (atomically): one array per observation
+    key (rows = decisions), ``label``, ``episode`` (index of the recorded episode; the
+    first ``bc.episodes`` are the expert's, the rest DAgger's) and ``expert_reasons``
+    ``(rows, 4)`` in :data:`REASON_COLUMNS` order."""
+    arrays: dict[str, Any] = {k: np.stack([d[k] for d in data]) for k in data[0]}
+    arrays["label"] = np.asarray(actions)
+    arrays["episode"] = np.repeat(np.arange(len(lengths)), lengths)
+    arrays["expert_reasons"] = np.asarray(reasons, np.float64)
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            np.savez(f, **arrays)
+
+    atomic_write_with(path, write)
 
 
 class EpisodeSplit:
@@ -243,27 +279,35 @@ def train_bc(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> An
     bar = tqdm(total=cfg.bc.episodes + cfg.bc.dagger_iterations * cfg.bc.dagger_episodes,
                desc="bc episodes", disable=not progress)
     first_seed: int | None = cfg.seed  # later resets draw train seeds
+    reasons: list[tuple[float, ...]] = []
+    lengths: list[int] = []
     for _ in range(cfg.bc.episodes):
-        obs, acts = drive(env, path, expert, None, None, cfg.bc.max_steps, first_seed)
+        obs, acts, why = drive(env, path, expert, None, None, cfg.bc.max_steps, first_seed)
         first_seed = None
         split.add(len(obs))
         data += obs
         actions += acts
+        reasons += why
+        lengths.append(len(obs))
         bar.update(1)
     vector_keys = [k for k in path.space.spaces if k != "camera"]
     stats = normalization_stats(data, vector_keys)
     fit_info = fit(policy, data, actions, split.is_val(), stats, cfg, generator, device)
     for _ in range(cfg.bc.dagger_iterations):
         for _ in range(cfg.bc.dagger_episodes):
-            obs, acts = drive(env, path, expert, policy, stats, cfg.bc.max_steps, None)
+            obs, acts, why = drive(env, path, expert, policy, stats, cfg.bc.max_steps, None)
             split.add(len(obs))
             data += obs
             actions += acts
+            reasons += why
+            lengths.append(len(obs))
             bar.update(1)
         stats = normalization_stats(data, vector_keys)
         fit_info = fit(policy, data, actions, split.is_val(), stats, cfg, generator, device)
     bar.close()
     env.close()
+    if cfg.bc.save_dataset:
+        save_dataset(out / DATASET_FILE, data, actions, reasons, lengths)
     agent_dir = save_agent(out / "final", policy, cfg, None, algo="bc", normalization=stats,
                            extra={"bc_samples": len(data), "bc_final_nll": fit_info["train_nll"],
                                   "bc_val_nll": (None if math.isnan(fit_info["val_nll"])

@@ -99,7 +99,9 @@ class BCConfig:
         action_weights: ``behavior`` mode: weight of each meta-action's labels in the
             negative log-likelihood, one per action in ``MetaAction`` order (keep, left,
             right, faster, slower, stop); empty (the default): all 1. Up-weighting the
-            rare braking labels makes the clone brake earlier (README, agents section).
+            rare braking labels (README, agents section).
+        save_dataset: Also write the labelled decisions, with the expert's reasons, to
+            ``<out>/bc_dataset.npz`` (``agents.bc.save_dataset``).
     """
 
     episodes: int = 20
@@ -112,6 +114,7 @@ class BCConfig:
     val_fraction: float = 0.0
     patience: int = 5
     action_weights: tuple[float, ...] = ()
+    save_dataset: bool = False
 
     def __post_init__(self) -> None:
         require(0.0 <= self.val_fraction < 1.0, "bc.val_fraction must be in [0, 1)")

@@ -59,11 +59,19 @@ class ExpertPlan:
             change is free); ``None`` when off every lane.
         accel_mps2: Acceleration it wants (IDM behind the nearest obstacle) [m/s^2].
         control: The ``[steer, accel]`` command in [-1, 1].
+        gap_m: IDM's gap to what it follows along its path (vehicle, merging vehicle,
+            stop line or pedestrian) [m]; ``FREE_ROAD_GAP_M`` on a free road.
+        lead_speed_mps: Speed of what it follows (0 for stop lines and pedestrians) [m/s].
+        desired_speed_mps: IDM's free-road speed (speed limit times the style's factor,
+            lower in curves) [m/s].
     """
 
     lane: str | None
     accel_mps2: float
     control: NDArray[np.float32]
+    gap_m: float = math.nan
+    lead_speed_mps: float = math.nan
+    desired_speed_mps: float = math.nan
 
 
 class Expert:
@@ -159,10 +167,10 @@ class Expert:
         ly = -s * (tx - rear_x) + c * (ty - rear_y)
         delta = pure_pursuit_steer(lx, ly, vcfg.wheelbase_m)
         steer = delta / vcfg.max_steer_rad
-        accel = self._longitudinal(env, lanes, s0, speed)
+        accel, gap, lead_v, v_des = self._longitudinal(env, lanes, s0, speed)
         cmd = accel / (vcfg.max_accel_mps2 if accel > 0 else vcfg.max_brake_mps2)
         control = np.clip(np.array([steer, cmd], np.float32), -1.0, 1.0)
-        return ExpertPlan(rm.lanes[lanes[0][0]].id, accel, control)
+        return ExpertPlan(rm.lanes[lanes[0][0]].id, accel, control, gap, lead_v, v_des)
 
     def _desired_speed(self, env: DrivingEnv, lanes: list[tuple[int, float]], s0: float,
                        speed: float) -> float:
@@ -181,7 +189,9 @@ class Expert:
         return v
 
     def _longitudinal(self, env: DrivingEnv, lanes: list[tuple[int, float]], s0: float,
-                      speed: float) -> float:
+                      speed: float) -> tuple[float, float, float, float]:
+        """IDM's acceleration [m/s^2] and its inputs: gap [m], lead speed [m/s] and
+        desired speed [m/s]."""
         cfg = self.cfg
         rm = env.road_map
         assert rm is not None
@@ -238,9 +248,10 @@ class Expert:
                 if first < gap:
                     gap, lead_v = max(first, 0.1), 0.0
         v_des = self._desired_speed(env, lanes, s0, speed)
-        return float(idm_acceleration(speed, max(v_des, 0.5), gap, lead_v, max_accel=2.0,
-                                      comfort_decel=cfg.comfort_decel_mps2,
-                                      time_headway=cfg.time_headway_s, min_gap=cfg.min_gap_m))
+        accel = float(idm_acceleration(speed, max(v_des, 0.5), gap, lead_v, max_accel=2.0,
+                                       comfort_decel=cfg.comfort_decel_mps2,
+                                       time_headway=cfg.time_headway_s, min_gap=cfg.min_gap_m))
+        return accel, gap, lead_v, v_des
 
 
 def expert_policy(env: DrivingEnv) -> NDArray[Any]:

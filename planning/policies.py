@@ -76,6 +76,8 @@ class ExpertPolicy:
 
     def __init__(self, cfg: ExpertConfig | None = None) -> None:
         self.expert = Expert(cfg)
+        #: The plan behind the latest action (for datasets that keep the expert's reasons).
+        self.last_plan: ExpertPlan | None = None
 
     def reset(self, seed: int | None = None) -> None:
         """The expert is deterministic; nothing to reset."""
@@ -84,6 +86,7 @@ class ExpertPolicy:
         """The expert's action in the env's mode."""
         driving = _driving(env)
         plan = self.expert.plan(driving)
+        self.last_plan = plan
         behavior = _layer(env, BehaviorWrapper)
         if behavior is not None:
             return int(self._meta_action(driving, behavior, plan))

@@ -6,11 +6,14 @@ import json
 from pathlib import Path
 
 import gymnasium as gym
+import numpy as np
 import pytest
 from safetensors.torch import load_file
 
 import envs  # noqa: F401  (registers the ids)
+from agents.bc import DATASET_FILE, REASON_COLUMNS
 from agents.config import TrainConfig, load_train_config
+from agents.label_study import load_dataset
 from agents.load import AgentLoadError, load_agent
 from agents.train import train
 from common.config import ConfigError
@@ -87,10 +90,21 @@ def test_trained_agent_loads_by_path_and_checks_its_files(tmp_path: Path) -> Non
 def test_behaviour_cloning_with_dagger_writes_a_loadable_agent(tmp_path: Path) -> None:
     cfg = load_train_config(overrides=[
         "algo=bc", "obs=privileged", "bc.episodes=2", "bc.max_steps=20",
-        "bc.dagger_iterations=1", "bc.dagger_episodes=1", "bc.epochs=2"])
+        "bc.dagger_iterations=1", "bc.dagger_episodes=1", "bc.epochs=2",
+        "bc.save_dataset=true"])
     result = train(cfg, tmp_path / "bc", progress=False)
     meta = json.loads((result.agent_dir / "agent.json").read_text())
     assert meta["algo"] == "bc" and meta["bc_samples"] == result.num_timesteps >= 40
+    assert sum(meta["bc_label_counts"].values()) == meta["bc_samples"]
+    # The labelled decisions, with the expert's reasons, for offline studies.
+    data = load_dataset(tmp_path / "bc" / DATASET_FILE)
+    rows = meta["bc_samples"]
+    assert data["label"].shape == (rows,) and data["state"].shape[0] == rows
+    assert data["expert_reasons"].shape == (rows, len(REASON_COLUMNS))
+    assert np.all(np.isfinite(data["expert_reasons"]))
+    assert set(np.unique(data["episode"]).tolist()) == {0, 1, 2}  # 2 expert + 1 DAgger
+    np.testing.assert_array_equal(np.bincount(data["label"], minlength=6),
+                                  list(meta["bc_label_counts"].values()))
     agent = load_agent(result.agent_dir)
     env = gym.make("bulletdrive/Highway-v0", action_mode="behavior",
                    overrides=["sensors.state=true", "sensors.camera=false"])

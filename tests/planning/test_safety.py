@@ -1,4 +1,5 @@
-"""Safety measures: the time to collision with the vehicle ahead, in closed form."""
+"""Safety measures in closed form: the time to collision with the vehicle ahead, and the
+gap and speeds the expert's IDM follows."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import pytest
 
 import envs
 from envs.driving_env import DrivingEnv
+from envs.traffic.idm import FREE_ROAD_GAP_M
+from planning.expert import Expert
 from planning.safety import time_to_collision
 
 QUIET = ["sensors.camera=false", "ramp_start_prob=0", "traffic.num_vehicles=6", "max_steps=24"]
@@ -50,5 +53,27 @@ def test_time_to_collision_with_a_vehicle_ahead() -> None:
         assert time_to_collision(env)[0] == 0.0
         env.traffic.active[:] = False
         assert time_to_collision(env) == (math.inf, math.inf)
+    finally:
+        env.close()
+
+
+def test_the_expert_reports_what_it_brakes_for() -> None:
+    env = envs.make("Highway-v0", overrides=[*QUIET, "traffic.num_vehicles=1"])
+    expert = Expert()
+    try:
+        env.reset(seed=299_702, options={"start_lane": "main/f1", "start_s_m": 100.0})
+        place_vehicle(env, 30.0, 5.0)
+        plan = expert.plan(env)
+        length = env.config.vehicle.length_m
+        assert plan.gap_m == pytest.approx(30.0 - (length + float(env.traffic.length[0])) / 2,
+                                           abs=1e-6)
+        assert plan.lead_speed_mps == 5.0
+        assert env.lane_point is not None and env.road_map is not None
+        limit = env.road_map.lane(env.lane_point.lane).speed_limit_mps
+        assert plan.desired_speed_mps == pytest.approx(expert.cfg.speed_factor * limit)
+        assert plan.accel_mps2 < 0.0  # closing on a slow car 30 m ahead
+        env.traffic.active[:] = False
+        free = expert.plan(env)
+        assert free.gap_m == FREE_ROAD_GAP_M and free.lead_speed_mps == 0.0
     finally:
         env.close()

@@ -1,0 +1,250 @@
+"""How well can the expert's ``behavior`` labels be predicted from a set of inputs?
+
+Behaviour cloning can only copy what its inputs explain. This study takes the labelled
+decisions of a BC run (``--set bc.save_dataset=true`` writes ``<run>/bc_dataset.npz``,
+see :func:`agents.bc.save_dataset`) and fits the policy's network (an MLP, tanh, same
+optimiser and epochs as ``bc``) on several input sets, with cross-validation over
+whole episodes. Comparing the policy's own inputs with the expert's reasons (its
+IDM's gap, lead speed and desired speed) tells whether a failure to brake is a missing
+input or a learning problem::
+
+    python -m agents.label_study runs/bc/bc_dataset.npz            # Markdown table
+    python -m agents.label_study runs/bc/bc_dataset.npz --json out.json
+
+Cells: held-out accuracy, negative log-likelihood and the recall of each speed label
+(the share of the expert's ``faster`` / ``slower`` / ``stop`` decisions the fit repeats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from agents.bc import REASON_COLUMNS
+from common.io import atomic_write_text
+from planning.action_modes import MetaAction
+
+#: Keys of a dataset file that are not observations.
+NON_OBSERVATION_KEYS = ("label", "episode", "expert_reasons")
+#: Labels whose recall is reported.
+RECALL_LABELS = (MetaAction.KEEP_LANE, MetaAction.FASTER, MetaAction.SLOWER, MetaAction.STOP)
+#: Gaps are clipped here: the expert's free-road gap is a large sentinel [m].
+GAP_CLIP_M = 150.0
+
+Array = NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """The classifier and its training (defaults: those of ``bc`` and the policy).
+
+    Attributes:
+        hidden: Hidden layer sizes (tanh).
+        epochs: Passes over the training folds.
+        batch_size: Minibatch size.
+        learning_rate: Adam learning rate.
+        folds: Cross-validation folds, split by episode.
+        seed: Seed of the fold split, the initialisation and the minibatch order.
+    """
+
+    hidden: tuple[int, ...] = (256, 256)
+    epochs: int = 20
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    folds: int = 4
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    """Held-out scores of one input set (means over the folds)."""
+
+    inputs: str
+    features: int
+    accuracy: float
+    nll: float
+    recall: dict[str, float]
+
+
+def load_dataset(path: str | Path) -> dict[str, NDArray[np.generic]]:
+    """Read a ``bc_dataset.npz`` (no pickles).
+
+    Raises:
+        ValueError: If the file is missing, unreadable or lacks the dataset's keys.
+    """
+    p = Path(path)
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read BC dataset {p}: {exc} (write one with "
+                         "`bulletdrive train --algo bc --set bc.save_dataset=true`)") from exc
+    missing = [k for k in NON_OBSERVATION_KEYS if k not in data]
+    if missing:
+        raise ValueError(f"{p} is not a BC dataset: missing {missing}")
+    return data
+
+
+def input_sets(data: Mapping[str, NDArray[np.generic]]) -> dict[str, Array]:
+    """The compared inputs, each ``(rows, features)`` float32.
+
+    ``policy inputs`` are every observation key of the dataset (what the cloned policy
+    saw); the ``+`` rows add the expert's reasons to them; the last row is the expert's
+    reasons with the layer's target speed alone.
+    """
+    rows = len(data["label"])
+    obs = [k for k in sorted(data) if k not in NON_OBSERVATION_KEYS]
+    policy = np.concatenate([data[k].reshape(rows, -1) for k in obs], 1).astype(np.float32)
+    why = data["expert_reasons"].astype(np.float64)
+    speed, gap, lead, desired = (why[:, REASON_COLUMNS.index(c)] for c in REASON_COLUMNS)
+    gap = np.minimum(gap, GAP_CLIP_M)
+    closing = speed - lead
+
+    def cols(*arrays: NDArray[np.generic]) -> Array:
+        return np.column_stack(arrays).astype(np.float32)
+
+    sets: dict[str, Array] = {}
+    small = [k for k in ("measurements", "decision") if k in data]
+    if small:
+        sets[" + ".join(small)] = np.concatenate(
+            [data[k].reshape(rows, -1) for k in small], 1).astype(np.float32)
+    sets["policy inputs (" + ", ".join(obs) + ")"] = policy
+    sets["policy inputs + expert's gap"] = np.hstack([policy, cols(gap)])
+    sets["policy inputs + gap, closing speed"] = np.hstack([policy, cols(gap, closing)])
+    sets["policy inputs + gap, closing speed, desired speed"] = np.hstack(
+        [policy, cols(gap, closing, desired)])
+    if "decision" in data:
+        target = data["decision"].reshape(rows, -1)[:, 0]
+        sets["speed, target speed, gap, closing speed, desired speed"] = cols(
+            speed, target, gap, closing, desired)
+    return sets
+
+
+def cross_validate(x: Array, labels: NDArray[np.generic], episodes: NDArray[np.generic],
+                   settings: FitSettings = FitSettings()) -> tuple[float, float, dict[str, float]]:
+    """Fit on all but one fold of episodes, score the held-out fold; mean over folds.
+
+    Inputs are standardised with the training folds' statistics (as ``VecNormalize``
+    does for the policy) and clipped to +-10.
+
+    Returns:
+        Accuracy, negative log-likelihood [nats] and the recall of each of
+        :data:`RECALL_LABELS` present in a held-out fold (NaN if never present).
+    """
+    y = np.asarray(labels, np.int64)
+    num_classes = max(len(MetaAction), int(y.max()) + 1)
+    rng = np.random.default_rng(settings.seed)
+    order = rng.permutation(np.unique(episodes))
+    folds = min(settings.folds, len(order))
+    scores: list[list[float]] = []
+    for f in range(folds):
+        held = np.isin(episodes, order[f::folds])
+        mean, std = x[~held].mean(0), x[~held].std(0) + 1e-4
+        xs = torch.as_tensor(np.clip((x - mean) / std, -10, 10), dtype=torch.float32)
+        yt = torch.as_tensor(y)
+        net = _mlp(x.shape[1], num_classes, settings, seed=settings.seed + f)
+        _fit(net, xs[~held], yt[~held], settings, rng)
+        with torch.no_grad():
+            logits = net(xs[held])
+        pred = logits.argmax(1).numpy()
+        nll = float(torch.nn.functional.cross_entropy(logits, yt[held]))
+        truth = y[held]
+        recall = [float(np.mean(pred[truth == c] == c)) if (truth == c).any() else np.nan
+                  for c in RECALL_LABELS]
+        scores.append([float(np.mean(pred == truth)), nll, *recall])
+    with warnings.catch_warnings():  # a label absent from every fold stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean_scores = np.nanmean(np.asarray(scores, np.float64), axis=0)
+    recall_out = {c.name.lower(): float(v) for c, v in zip(RECALL_LABELS, mean_scores[2:],
+                                                            strict=True)}
+    return float(mean_scores[0]), float(mean_scores[1]), recall_out
+
+
+def _mlp(inputs: int, outputs: int, settings: FitSettings, seed: int) -> torch.nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        layers: list[torch.nn.Module] = []
+        width = inputs
+        for h in settings.hidden:
+            layers += [torch.nn.Linear(width, h), torch.nn.Tanh()]
+            width = h
+        layers.append(torch.nn.Linear(width, outputs))
+        return torch.nn.Sequential(*layers)
+
+
+def _fit(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, settings: FitSettings,
+         rng: np.random.Generator) -> None:
+    optimizer = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
+    for _ in range(settings.epochs):
+        perm = torch.as_tensor(rng.permutation(len(y)))
+        for start in range(0, len(perm), settings.batch_size):
+            idx = perm[start:start + settings.batch_size]
+            loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+
+def run_study(data: Mapping[str, NDArray[np.generic]], settings: FitSettings = FitSettings(),
+              progress: Callable[[str], None] | None = None) -> list[StudyRow]:
+    """Cross-validate every input set of :func:`input_sets`."""
+    rows = []
+    for name, x in input_sets(data).items():
+        if progress is not None:
+            progress(name)
+        acc, nll, recall = cross_validate(x, data["label"], data["episode"], settings)
+        rows.append(StudyRow(name, int(x.shape[1]), acc, nll, recall))
+    return rows
+
+
+def to_markdown(rows: Sequence[StudyRow], data: Mapping[str, NDArray[np.generic]]) -> str:
+    """The study as a Markdown table, with the label counts above it."""
+    counts = np.bincount(np.asarray(data["label"], np.int64), minlength=len(MetaAction))
+    head = ", ".join(f"{m.name.lower()} {int(counts[m.value])}" for m in MetaAction)
+    episodes = len(np.unique(data["episode"]))
+    names = [c.name.lower() for c in RECALL_LABELS]
+    lines = [f"{len(data['label'])} decisions in {episodes} episodes; labels: {head}", "",
+             "| inputs | features | accuracy | NLL | " + " | ".join(f"recall {n}" for n in names)
+             + " |", "| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in names) + " |"]
+    for r in rows:
+        rec = " | ".join("-" if np.isnan(r.recall[n]) else f"{r.recall[n]:.2f}" for n in names)
+        lines.append(f"| {r.inputs} | {r.features} | {r.accuracy:.3f} | {r.nll:.3f} | {rec} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``python -m agents.label_study DATASET [--json OUT] [--folds K]``."""
+    parser = argparse.ArgumentParser(prog="python -m agents.label_study",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("dataset", help="bc_dataset.npz of a BC run (bc.save_dataset=true)")
+    parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--folds", type=int, default=FitSettings.folds)
+    parser.add_argument("--epochs", type=int, default=FitSettings.epochs)
+    args = parser.parse_args(argv)
+    if args.folds < 2 or args.epochs < 1:
+        print("error: --folds must be >= 2 and --epochs >= 1", file=sys.stderr)
+        return 2
+    try:
+        data = load_dataset(args.dataset)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    settings = FitSettings(folds=args.folds, epochs=args.epochs)
+    rows = run_study(data, settings, progress=lambda n: print(f"fitting: {n}", file=sys.stderr))
+    print(to_markdown(rows, data), end="")
+    if args.json:
+        atomic_write_text(args.json, json.dumps([asdict(r) for r in rows], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

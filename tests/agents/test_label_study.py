@@ -1,0 +1,64 @@
+"""The label study: inputs that explain a label score high, inputs that do not score low."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agents.bc import REASON_COLUMNS
+from agents.label_study import FitSettings, cross_validate, input_sets, load_dataset, main
+from planning.action_modes import MetaAction
+
+
+def synthetic_dataset(path: Path, episodes: int = 24, length: int = 60) -> Path:
+    """An expert that brakes exactly when its gap is under 30 m; the policy's
+    ``embedding`` is noise, so only the gap explains the label."""
+    rng = np.random.default_rng(0)
+    rows = episodes * length
+    gap = rng.uniform(5.0, 200.0, rows)
+    speed = rng.uniform(10.0, 30.0, rows)
+    label = np.where(gap < 30.0, MetaAction.SLOWER, MetaAction.KEEP_LANE)
+    reasons = np.column_stack([speed, gap, np.full(rows, 5.0), np.full(rows, 30.0)])
+    assert reasons.shape[1] == len(REASON_COLUMNS)
+    np.savez(path, embedding=rng.normal(size=(rows, 16)).astype(np.float32),
+             measurements=speed[:, None].astype(np.float32),
+             decision=np.column_stack([speed, np.zeros(rows), np.zeros(rows)]).astype(
+                 np.float32),
+             label=label, episode=np.repeat(np.arange(episodes), length),
+             expert_reasons=reasons)
+    return path
+
+
+def test_the_gap_explains_braking_and_noise_does_not(tmp_path: Path) -> None:
+    data = load_dataset(synthetic_dataset(tmp_path / "d.npz"))
+    sets = input_sets(data)
+    settings = FitSettings(hidden=(32,), epochs=15, batch_size=64, learning_rate=3e-3)
+    policy = next(k for k in sets if k.startswith("policy inputs ("))
+    assert "embedding" in policy
+    _, _, blind = cross_validate(sets[policy], data["label"], data["episode"], settings)
+    _, _, seeing = cross_validate(sets["policy inputs + expert's gap"], data["label"],
+                                  data["episode"], settings)
+    assert blind["slower"] < 0.3  # 16 % of labels, unexplained: mostly predicted `keep`
+    assert seeing["slower"] > 0.8
+    assert np.isnan(seeing["stop"])  # never a label here
+
+
+def test_the_command_prints_a_table_and_rejects_bad_files(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = synthetic_dataset(tmp_path / "d.npz", episodes=4, length=20)
+    assert main([str(path), "--epochs", "1", "--folds", "2", "--json",
+                 str(tmp_path / "rows.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| policy inputs (decision, embedding, measurements) |" in out
+    assert "labels: keep_lane" in out
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert len(rows) == 6 and {"inputs", "accuracy", "nll", "recall"} <= set(rows[0])
+    assert main([str(tmp_path / "missing.npz")]) == 2
+    assert "cannot read BC dataset" in capsys.readouterr().err
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    assert main([str(tmp_path / "other.npz")]) == 2
+    assert "missing ['label', 'episode', 'expert_reasons']" in capsys.readouterr().err
+    assert main([str(path), "--folds", "1"]) == 2
