@@ -13,6 +13,7 @@ input or a learning problem::
 
 Cells: held-out accuracy, negative log-likelihood and the recall of each speed label
 (the share of the expert's ``faster`` / ``slower`` / ``stop`` decisions the fit repeats).
+Below the table: how much of each reason the policy's inputs carry (held-out R^2).
 """
 
 from __future__ import annotations
@@ -94,6 +95,23 @@ def load_dataset(path: str | Path) -> dict[str, NDArray[np.generic]]:
     return data
 
 
+def policy_inputs(data: Mapping[str, NDArray[np.generic]]) -> tuple[list[str], Array]:
+    """The observation keys of a dataset and their rows concatenated ``(rows, features)``."""
+    rows = len(data["label"])
+    obs = [k for k in sorted(data) if k not in NON_OBSERVATION_KEYS]
+    return obs, np.concatenate([data[k].reshape(rows, -1) for k in obs], 1).astype(np.float32)
+
+
+def expert_reasons(data: Mapping[str, NDArray[np.generic]]) -> dict[str, NDArray[np.float64]]:
+    """The expert's reasons per decision: ``gap_m`` (clipped at :data:`GAP_CLIP_M`),
+    ``closing_speed_mps`` (ego speed minus the lead's) and ``desired_speed_mps``."""
+    why = data["expert_reasons"].astype(np.float64)
+    col = {c: why[:, i] for i, c in enumerate(REASON_COLUMNS)}
+    return {"gap_m": np.minimum(col["gap_m"], GAP_CLIP_M),
+            "closing_speed_mps": col["speed_mps"] - col["lead_speed_mps"],
+            "desired_speed_mps": col["desired_speed_mps"]}
+
+
 def input_sets(data: Mapping[str, NDArray[np.generic]]) -> dict[str, Array]:
     """The compared inputs, each ``(rows, features)`` float32.
 
@@ -102,12 +120,9 @@ def input_sets(data: Mapping[str, NDArray[np.generic]]) -> dict[str, Array]:
     reasons with the layer's target speed alone.
     """
     rows = len(data["label"])
-    obs = [k for k in sorted(data) if k not in NON_OBSERVATION_KEYS]
-    policy = np.concatenate([data[k].reshape(rows, -1) for k in obs], 1).astype(np.float32)
-    why = data["expert_reasons"].astype(np.float64)
-    speed, gap, lead, desired = (why[:, REASON_COLUMNS.index(c)] for c in REASON_COLUMNS)
-    gap = np.minimum(gap, GAP_CLIP_M)
-    closing = speed - lead
+    obs, policy = policy_inputs(data)
+    speed = data["expert_reasons"][:, REASON_COLUMNS.index("speed_mps")].astype(np.float64)
+    gap, closing, desired = expert_reasons(data).values()
 
     def cols(*arrays: NDArray[np.generic]) -> Array:
         return np.column_stack(arrays).astype(np.float32)
@@ -182,16 +197,45 @@ def _mlp(inputs: int, outputs: int, settings: FitSettings, seed: int) -> torch.n
 
 
 def _fit(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, settings: FitSettings,
-         rng: np.random.Generator) -> None:
+         rng: np.random.Generator,
+         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+         = torch.nn.functional.cross_entropy) -> None:
     optimizer = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
     for _ in range(settings.epochs):
         perm = torch.as_tensor(rng.permutation(len(y)))
         for start in range(0, len(perm), settings.batch_size):
             idx = perm[start:start + settings.batch_size]
-            loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
+            loss = loss_fn(net(x[idx]), y[idx])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+
+
+def reason_r2(data: Mapping[str, NDArray[np.generic]], settings: FitSettings = FitSettings()
+              ) -> dict[str, float]:
+    """How much of each of the expert's reasons the policy's inputs carry: the held-out
+    R^2 (pooled over the folds, split by episode) of the same network fitted by least
+    squares to the reason, standardised with the training folds' statistics."""
+    _, x = policy_inputs(data)
+    episodes = data["episode"]
+    rng = np.random.default_rng(settings.seed)
+    order = rng.permutation(np.unique(episodes))
+    folds = min(settings.folds, len(order))
+    out = {}
+    for name, target in expert_reasons(data).items():
+        pred = np.zeros(len(target))
+        for f in range(folds):
+            held = np.isin(episodes, order[f::folds])
+            mean, std = x[~held].mean(0), x[~held].std(0) + 1e-4
+            xs = torch.as_tensor(np.clip((x - mean) / std, -10, 10), dtype=torch.float32)
+            t_mean, t_std = target[~held].mean(), target[~held].std() + 1e-9
+            yt = torch.as_tensor((target - t_mean) / t_std, dtype=torch.float32)[:, None]
+            net = _mlp(x.shape[1], 1, settings, seed=settings.seed + f)
+            _fit(net, xs[~held], yt[~held], settings, rng, torch.nn.functional.mse_loss)
+            with torch.no_grad():
+                pred[held] = net(xs[held])[:, 0].numpy() * t_std + t_mean
+        out[name] = float(1.0 - np.mean((pred - target) ** 2) / max(float(np.var(target)), 1e-12))
+    return out
 
 
 def run_study(data: Mapping[str, NDArray[np.generic]], settings: FitSettings = FitSettings(),
@@ -206,8 +250,10 @@ def run_study(data: Mapping[str, NDArray[np.generic]], settings: FitSettings = F
     return rows
 
 
-def to_markdown(rows: Sequence[StudyRow], data: Mapping[str, NDArray[np.generic]]) -> str:
-    """The study as a Markdown table, with the label counts above it."""
+def to_markdown(rows: Sequence[StudyRow], data: Mapping[str, NDArray[np.generic]],
+                r2: Mapping[str, float] | None = None) -> str:
+    """The study as a Markdown table, with the label counts above it and the
+    :func:`reason_r2` figures below."""
     counts = np.bincount(np.asarray(data["label"], np.int64), minlength=len(MetaAction))
     head = ", ".join(f"{m.name.lower()} {int(counts[m.value])}" for m in MetaAction)
     episodes = len(np.unique(data["episode"]))
@@ -218,6 +264,9 @@ def to_markdown(rows: Sequence[StudyRow], data: Mapping[str, NDArray[np.generic]
     for r in rows:
         rec = " | ".join("-" if np.isnan(r.recall[n]) else f"{r.recall[n]:.2f}" for n in names)
         lines.append(f"| {r.inputs} | {r.features} | {r.accuracy:.3f} | {r.nll:.3f} | {rec} |")
+    if r2:
+        lines += ["", "Held-out R^2 of the expert's reasons from the policy inputs: "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in r2.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -240,9 +289,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     settings = FitSettings(folds=args.folds, epochs=args.epochs)
     rows = run_study(data, settings, progress=lambda n: print(f"fitting: {n}", file=sys.stderr))
-    print(to_markdown(rows, data), end="")
+    print("fitting: the expert's reasons from the policy inputs", file=sys.stderr)
+    r2 = reason_r2(data, settings)
+    print(to_markdown(rows, data, r2), end="")
     if args.json:
-        atomic_write_text(args.json, json.dumps([asdict(r) for r in rows], indent=2))
+        atomic_write_text(args.json, json.dumps({"rows": [asdict(r) for r in rows],
+                                                 "reason_r2": r2}, indent=2))
     return 0
 
 

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from agents.bc import REASON_COLUMNS
-from agents.label_study import FitSettings, cross_validate, input_sets, load_dataset, main
+from agents.label_study import (
+    FitSettings,
+    cross_validate,
+    input_sets,
+    load_dataset,
+    main,
+    reason_r2,
+)
 from planning.action_modes import MetaAction
 
 
@@ -46,6 +53,19 @@ def test_the_gap_explains_braking_and_noise_does_not(tmp_path: Path) -> None:
     assert np.isnan(seeing["stop"])  # never a label here
 
 
+def test_reason_r2_finds_a_reason_the_inputs_carry(tmp_path: Path) -> None:
+    # The policy's `measurements` hold the ego speed; the gap is independent noise to it.
+    path = synthetic_dataset(tmp_path / "d.npz")
+    data = dict(load_dataset(path))
+    reasons = data["expert_reasons"].copy()
+    reasons[:, 3] = 2.0 * reasons[:, 0]  # desired speed: twice the (observed) speed
+    data["expert_reasons"] = reasons
+    r2 = reason_r2(data, FitSettings(hidden=(32,), epochs=15, batch_size=64,
+                                     learning_rate=3e-3))
+    assert r2["desired_speed_mps"] > 0.9
+    assert r2["gap_m"] < 0.2
+
+
 def test_the_command_prints_a_table_and_rejects_bad_files(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = synthetic_dataset(tmp_path / "d.npz", episodes=4, length=20)
@@ -54,8 +74,11 @@ def test_the_command_prints_a_table_and_rejects_bad_files(
     out = capsys.readouterr().out
     assert "| policy inputs (decision, embedding, measurements) |" in out
     assert "labels: keep_lane" in out
-    rows = json.loads((tmp_path / "rows.json").read_text())
+    result = json.loads((tmp_path / "rows.json").read_text())
+    rows = result["rows"]
     assert len(rows) == 6 and {"inputs", "accuracy", "nll", "recall"} <= set(rows[0])
+    assert set(result["reason_r2"]) == {"gap_m", "closing_speed_mps", "desired_speed_mps"}
+    assert "Held-out R^2 of the expert's reasons" in out
     assert main([str(tmp_path / "missing.npz")]) == 2
     assert "cannot read BC dataset" in capsys.readouterr().err
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
