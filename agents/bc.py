@@ -11,7 +11,7 @@
 
 With ``bc.save_dataset`` the labelled decisions are also written to
 ``<out>/bc_dataset.npz`` (:data:`DATASET_FILE`), with the expert's reasons beside each
-label, for offline studies such as ``scripts/bc_label_study.py``.
+label, for offline studies such as ``python -m agents.label_study``.
 """
 
 from __future__ import annotations
@@ -101,12 +101,13 @@ def normalization_stats(data: list[dict[str, np.ndarray]], keys: list[str]) -> d
 DATASET_FILE = "bc_dataset.npz"
 #: The expert's reasons stored per decision (columns of the dataset's ``expert_reasons``).
 REASON_COLUMNS = ("speed_mps", "gap_m", "lead_speed_mps", "desired_speed_mps")
+#: One driven episode: observations, the expert's labels and its reasons, per decision.
+Episode = tuple[list[dict[str, np.ndarray]], list[Any], list[tuple[float, ...]]]
 
 
 def drive(env: gym.Env[Any, Any], path: ObservationPath, expert: ExpertPolicy,
           learner: MultiInputActorCriticPolicy | None, stats: dict[str, Any] | None,
-          max_steps: int, seed: int | None
-          ) -> tuple[list[dict[str, np.ndarray]], list[Any], list[tuple[float, ...]]]:
+          max_steps: int, seed: int | None) -> Episode:
     """One episode; the learner drives when given (DAgger), else the expert. Returns the
     visited observations, the expert's action at each and its reasons
     (:data:`REASON_COLUMNS`: ego speed and the inputs of the expert's IDM)."""
@@ -281,27 +282,25 @@ def train_bc(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> An
     first_seed: int | None = cfg.seed  # later resets draw train seeds
     reasons: list[tuple[float, ...]] = []
     lengths: list[int] = []
-    for _ in range(cfg.bc.episodes):
-        obs, acts, why = drive(env, path, expert, None, None, cfg.bc.max_steps, first_seed)
-        first_seed = None
+
+    def keep(episode: Episode) -> None:
+        obs, acts, why = episode
         split.add(len(obs))
-        data += obs
-        actions += acts
-        reasons += why
+        data.extend(obs)
+        actions.extend(acts)
+        reasons.extend(why)
         lengths.append(len(obs))
         bar.update(1)
+
+    for _ in range(cfg.bc.episodes):
+        keep(drive(env, path, expert, None, None, cfg.bc.max_steps, first_seed))
+        first_seed = None
     vector_keys = [k for k in path.space.spaces if k != "camera"]
     stats = normalization_stats(data, vector_keys)
     fit_info = fit(policy, data, actions, split.is_val(), stats, cfg, generator, device)
     for _ in range(cfg.bc.dagger_iterations):
         for _ in range(cfg.bc.dagger_episodes):
-            obs, acts, why = drive(env, path, expert, policy, stats, cfg.bc.max_steps, None)
-            split.add(len(obs))
-            data += obs
-            actions += acts
-            reasons += why
-            lengths.append(len(obs))
-            bar.update(1)
+            keep(drive(env, path, expert, policy, stats, cfg.bc.max_steps, None))
         stats = normalization_stats(data, vector_keys)
         fit_info = fit(policy, data, actions, split.is_val(), stats, cfg, generator, device)
     bar.close()

@@ -122,7 +122,9 @@ def input_sets(data: Mapping[str, NDArray[np.generic]]) -> dict[str, Array]:
     rows = len(data["label"])
     obs, policy = policy_inputs(data)
     speed = data["expert_reasons"][:, REASON_COLUMNS.index("speed_mps")].astype(np.float64)
-    gap, closing, desired = expert_reasons(data).values()
+    reasons = expert_reasons(data)
+    gap, closing = reasons["gap_m"], reasons["closing_speed_mps"]
+    desired = reasons["desired_speed_mps"]
 
     def cols(*arrays: NDArray[np.generic]) -> Array:
         return np.column_stack(arrays).astype(np.float32)
