@@ -22,7 +22,7 @@ import argparse
 import json
 import sys
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from agents.bc import REASON_COLUMNS
+from agents.bc import REASON_COLUMNS, label_counts
 from common.io import atomic_write_text
 from planning.action_modes import MetaAction
 
@@ -79,8 +79,12 @@ class StudyRow:
 def load_dataset(path: str | Path) -> dict[str, NDArray[np.generic]]:
     """Read a ``bc_dataset.npz`` (no pickles).
 
+    Decisions without the expert's reasons (NaN: the expert was off every lane) are left
+    out, since no input set could explain them.
+
     Raises:
-        ValueError: If the file is missing, unreadable or lacks the dataset's keys.
+        ValueError: If the file is missing or unreadable, lacks the dataset's keys, or
+            holds continuous actions (the study needs ``behavior`` labels).
     """
     p = Path(path)
     try:
@@ -92,14 +96,23 @@ def load_dataset(path: str | Path) -> dict[str, NDArray[np.generic]]:
     missing = [k for k in NON_OBSERVATION_KEYS if k not in data]
     if missing:
         raise ValueError(f"{p} is not a BC dataset: missing {missing}")
-    return data
+    if data["label"].ndim != 1 or not np.issubdtype(data["label"].dtype, np.integer):
+        raise ValueError(f"{p} holds continuous actions (labels {data['label'].shape}, "
+                         f"{data['label'].dtype}); the study needs a BC run in action_mode "
+                         "'behavior'")
+    explained = np.isfinite(data["expert_reasons"]).all(axis=1)
+    return {k: v[explained] for k, v in data.items()}
+
+
+def _concat(data: Mapping[str, NDArray[np.generic]], keys: Sequence[str]) -> Array:
+    rows = len(data["label"])
+    return np.concatenate([data[k].reshape(rows, -1) for k in keys], 1).astype(np.float32)
 
 
 def policy_inputs(data: Mapping[str, NDArray[np.generic]]) -> tuple[list[str], Array]:
     """The observation keys of a dataset and their rows concatenated ``(rows, features)``."""
-    rows = len(data["label"])
     obs = [k for k in sorted(data) if k not in NON_OBSERVATION_KEYS]
-    return obs, np.concatenate([data[k].reshape(rows, -1) for k in obs], 1).astype(np.float32)
+    return obs, _concat(data, obs)
 
 
 def expert_reasons(data: Mapping[str, NDArray[np.generic]]) -> dict[str, NDArray[np.float64]]:
@@ -132,8 +145,7 @@ def input_sets(data: Mapping[str, NDArray[np.generic]]) -> dict[str, Array]:
     sets: dict[str, Array] = {}
     small = [k for k in ("measurements", "decision") if k in data]
     if small:
-        sets[" + ".join(small)] = np.concatenate(
-            [data[k].reshape(rows, -1) for k in small], 1).astype(np.float32)
+        sets[" + ".join(small)] = _concat(data, small)
     sets["policy inputs (" + ", ".join(obs) + ")"] = policy
     sets["policy inputs + expert's gap"] = np.hstack([policy, cols(gap)])
     sets["policy inputs + gap, closing speed"] = np.hstack([policy, cols(gap, closing)])
@@ -146,12 +158,21 @@ def input_sets(data: Mapping[str, NDArray[np.generic]]) -> dict[str, Array]:
     return sets
 
 
+def _folds(x: Array, episodes: NDArray[np.generic], order: NDArray[np.generic],
+           settings: FitSettings) -> Iterator[tuple[int, NDArray[np.bool_], torch.Tensor]]:
+    """Fold index, held-out rows and the inputs standardised with the training folds'
+    statistics (as ``VecNormalize`` does for the policy) and clipped to +-10. Fold ``f``
+    holds out the episodes ``order[f::folds]``."""
+    folds = min(settings.folds, len(order))
+    for f in range(folds):
+        held = np.isin(episodes, order[f::folds])
+        mean, std = x[~held].mean(0), x[~held].std(0) + 1e-4
+        yield f, held, torch.as_tensor(np.clip((x - mean) / std, -10, 10), dtype=torch.float32)
+
+
 def cross_validate(x: Array, labels: NDArray[np.generic], episodes: NDArray[np.generic],
                    settings: FitSettings = FitSettings()) -> tuple[float, float, dict[str, float]]:
     """Fit on all but one fold of episodes, score the held-out fold; mean over folds.
-
-    Inputs are standardised with the training folds' statistics (as ``VecNormalize``
-    does for the policy) and clipped to +-10.
 
     Returns:
         Accuracy, negative log-likelihood [nats] and the recall of each of
@@ -161,13 +182,9 @@ def cross_validate(x: Array, labels: NDArray[np.generic], episodes: NDArray[np.g
     num_classes = max(len(MetaAction), int(y.max()) + 1)
     rng = np.random.default_rng(settings.seed)
     order = rng.permutation(np.unique(episodes))
-    folds = min(settings.folds, len(order))
+    yt = torch.as_tensor(y)
     scores: list[list[float]] = []
-    for f in range(folds):
-        held = np.isin(episodes, order[f::folds])
-        mean, std = x[~held].mean(0), x[~held].std(0) + 1e-4
-        xs = torch.as_tensor(np.clip((x - mean) / std, -10, 10), dtype=torch.float32)
-        yt = torch.as_tensor(y)
+    for f, held, xs in _folds(x, episodes, order, settings):
         net = _mlp(x.shape[1], num_classes, settings, seed=settings.seed + f)
         _fit(net, xs[~held], yt[~held], settings, rng)
         with torch.no_grad():
@@ -219,17 +236,12 @@ def reason_r2(data: Mapping[str, NDArray[np.generic]], settings: FitSettings = F
     R^2 (pooled over the folds, split by episode) of the same network fitted by least
     squares to the reason, standardised with the training folds' statistics."""
     _, x = policy_inputs(data)
-    episodes = data["episode"]
     rng = np.random.default_rng(settings.seed)
-    order = rng.permutation(np.unique(episodes))
-    folds = min(settings.folds, len(order))
+    order = rng.permutation(np.unique(data["episode"]))  # the same folds for every reason
     out = {}
     for name, target in expert_reasons(data).items():
         pred = np.zeros(len(target))
-        for f in range(folds):
-            held = np.isin(episodes, order[f::folds])
-            mean, std = x[~held].mean(0), x[~held].std(0) + 1e-4
-            xs = torch.as_tensor(np.clip((x - mean) / std, -10, 10), dtype=torch.float32)
+        for f, held, xs in _folds(x, data["episode"], order, settings):
             t_mean, t_std = target[~held].mean(), target[~held].std() + 1e-9
             yt = torch.as_tensor((target - t_mean) / t_std, dtype=torch.float32)[:, None]
             net = _mlp(x.shape[1], 1, settings, seed=settings.seed + f)
@@ -256,8 +268,8 @@ def to_markdown(rows: Sequence[StudyRow], data: Mapping[str, NDArray[np.generic]
                 r2: Mapping[str, float] | None = None) -> str:
     """The study as a Markdown table, with the label counts above it and the
     :func:`reason_r2` figures below."""
-    counts = np.bincount(np.asarray(data["label"], np.int64), minlength=len(MetaAction))
-    head = ", ".join(f"{m.name.lower()} {int(counts[m.value])}" for m in MetaAction)
+    counts = label_counts(data["label"].tolist()) or {}
+    head = ", ".join(f"{name} {n}" for name, n in counts.items())
     episodes = len(np.unique(data["episode"]))
     names = [c.name.lower() for c in RECALL_LABELS]
     lines = [f"{len(data['label'])} decisions in {episodes} episodes; labels: {head}", "",
@@ -295,8 +307,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     r2 = reason_r2(data, settings)
     print(to_markdown(rows, data, r2), end="")
     if args.json:
-        atomic_write_text(args.json, json.dumps({"rows": [asdict(r) for r in rows],
-                                                 "reason_r2": r2}, indent=2))
+        try:
+            atomic_write_text(args.json, json.dumps({"rows": [asdict(r) for r in rows],
+                                                     "reason_r2": r2}, indent=2))
+        except OSError as exc:
+            print(f"error: cannot write {args.json}: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 

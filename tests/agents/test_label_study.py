@@ -85,3 +85,24 @@ def test_the_command_prints_a_table_and_rejects_bad_files(
     assert main([str(tmp_path / "other.npz")]) == 2
     assert "missing ['label', 'episode', 'expert_reasons']" in capsys.readouterr().err
     assert main([str(path), "--folds", "1"]) == 2
+
+
+def test_continuous_labels_unwritable_output_and_unexplained_rows(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = synthetic_dataset(tmp_path / "d.npz", episodes=4, length=20)
+    data = dict(np.load(path))
+    # A control-mode run's labels are [steer, accel] rows: refused with the reason.
+    np.savez(tmp_path / "control.npz", **{**data, "label": np.zeros((80, 2), np.float32)})
+    assert main([str(tmp_path / "control.npz")]) == 2
+    assert "needs a BC run in action_mode 'behavior'" in capsys.readouterr().err
+    # An output path that cannot be written: one error line, exit 2.
+    assert main([str(path), "--epochs", "1", "--folds", "2", "--json",
+                 str(path / "rows.json")]) == 2  # its parent is a file
+    assert "error: cannot write" in capsys.readouterr().err
+    # Decisions without the expert's reasons (off every lane) are left out.
+    reasons = data["expert_reasons"].copy()
+    reasons[:5, 1] = np.nan
+    np.savez(tmp_path / "nan.npz", **{**data, "expert_reasons": reasons})
+    loaded = load_dataset(tmp_path / "nan.npz")
+    assert all(len(v) == 75 for v in loaded.values())
+    assert np.isfinite(loaded["expert_reasons"]).all()
