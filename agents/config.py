@@ -195,6 +195,10 @@ class TrainConfig:
             the run (e.g. a behaviour-cloning agent with the same observation path and
             action mode, to fine-tune it with PPO); ``None``: random initialisation.
         env_overrides: Env config overrides (``key.sub=value``).
+        lane_gaps: Add ``lane_gaps`` (:mod:`planning.lane_gaps`: the free length ahead and
+            behind in the ego's and the neighbouring lanes, measured with the lidar and
+            the map) to the policy's inputs, in place of the raw lidar ranges; needs
+            ``sensors.lidar=true`` in ``env_overrides``.
         history: How many past embeddings the policy sees (``frozen`` path only).
         shaping: Training reward shaping (a time-to-collision penalty).
         ppo / sac / bc: Algorithm settings.
@@ -214,6 +218,7 @@ class TrainConfig:
     max_minutes: float | None = None
     init_from: str | None = None
     env_overrides: tuple[str, ...] = ()
+    lane_gaps: bool = False
     history: HistoryConfig = field(default_factory=HistoryConfig)
     shaping: ShapingConfig = field(default_factory=ShapingConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
@@ -245,6 +250,9 @@ class TrainConfig:
                               f"per meta-action ({', '.join(a.name.lower() for a in MetaAction)}"
                               f"), got {len(self.bc.action_weights)} for "
                               f"'{self.action_mode}'")
+        if self.lane_gaps and "sensors.lidar=true" not in self.env_overrides:
+            raise ConfigError("lane_gaps needs the lidar: add sensors.lidar=true to "
+                              "env_overrides")
         if self.history.frames > 1 and self.obs != "frozen":
             raise ConfigError(f"history.frames > 1 works with obs 'frozen' only (it stacks "
                               f"embeddings), not '{self.obs}'")

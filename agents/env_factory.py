@@ -13,6 +13,7 @@ from stable_baselines3.common.monitor import Monitor
 
 from agents.config import TRAIN_SEED_RANGE, ShapingConfig, TrainConfig
 from agents.shaping import TTCPenalty
+from planning.lane_gaps import LaneGaps
 from planning.make import make_env
 
 
@@ -86,8 +87,9 @@ class ActionLog(gym.Wrapper[Any, Any, Any, Any]):
 #: The vector observations a policy sees next to its image features, when the env has
 #: them: ``measurements`` (always), ``decision`` (the ``behavior`` layer's target speed and
 #: lane), ``lidar`` (ranges, with ``sensors.lidar=true`` in ``env_overrides``: a camera +
-#: lidar agent) and ``state`` (privileged path).
-VECTOR_KEYS = ("measurements", "decision", "lidar", "state")
+#: lidar agent), ``lane_gaps`` (with ``lane_gaps: true``, :mod:`planning.lane_gaps`) and
+#: ``state`` (privileged path).
+VECTOR_KEYS = ("measurements", "decision", "lidar", "lane_gaps", "state")
 
 
 def env_overrides(cfg: TrainConfig) -> list[str]:
@@ -101,11 +103,14 @@ def env_overrides(cfg: TrainConfig) -> list[str]:
 
 
 def build_env(env_id: str, action_mode: str, overrides: Sequence[str],
-              shaping: ShapingConfig | None = None) -> gym.Env[Any, Any]:
-    """One training env: driving env + action mode + reward shaping (when on) + episode
-    statistics (SB3 ``Monitor``: reward and length in TensorBoard) + train seeds + action
-    log."""
+              shaping: ShapingConfig | None = None, lane_gaps: bool = False
+              ) -> gym.Env[Any, Any]:
+    """One training env: driving env + action mode + lane gaps (when on) + reward shaping
+    (when on) + episode statistics (SB3 ``Monitor``: reward and length in TensorBoard) +
+    train seeds + action log."""
     env = make_env(env_id, action_mode=action_mode, overrides=list(overrides))
+    if lane_gaps:
+        env = LaneGaps(env)
     if shaping is not None and shaping.ttc_weight > 0:
         env = TTCPenalty(env, shaping)
     return ActionLog(TrainSeeds(Monitor(env)))
@@ -114,4 +119,4 @@ def build_env(env_id: str, action_mode: str, overrides: Sequence[str],
 def env_fns(cfg: TrainConfig) -> list[Callable[[], gym.Env[Any, Any]]]:
     """Picklable env factories for a vectorised env."""
     return [functools.partial(build_env, cfg.env_id, cfg.action_mode, env_overrides(cfg),
-                              cfg.shaping) for _ in range(cfg.num_envs)]
+                              cfg.shaping, cfg.lane_gaps) for _ in range(cfg.num_envs)]

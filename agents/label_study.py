@@ -19,7 +19,6 @@ Below the table: how much of each reason the policy's inputs carry (held-out R^2
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,7 +30,7 @@ import torch
 from numpy.typing import NDArray
 
 from agents.bc import REASON_COLUMNS, label_counts
-from common.io import atomic_write_text
+from common.io import write_json_or_report
 from planning.action_modes import MetaAction
 
 #: Keys of a dataset file that are not observations.
@@ -307,12 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     r2 = reason_r2(data, settings)
     print(to_markdown(rows, data, r2), end="")
     if args.json:
-        try:
-            atomic_write_text(args.json, json.dumps({"rows": [asdict(r) for r in rows],
-                                                     "reason_r2": r2}, indent=2))
-        except OSError as exc:
-            print(f"error: cannot write {args.json}: {exc}", file=sys.stderr)
-            return 2
+        return write_json_or_report(args.json, {"rows": [asdict(r) for r in rows],
+                                                "reason_r2": r2})
     return 0
 
 

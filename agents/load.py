@@ -25,7 +25,9 @@ from agents.saving import (
     normalize_obs,
     space_from_json,
 )
+from envs.driving_env import DrivingEnv
 from perception.checkpoint import load_encoder
+from planning.lane_gaps import LaneGapSensor, decision_period_s
 
 
 class AgentLoadError(ValueError):
@@ -116,12 +118,28 @@ class TrainedPolicy:
         self.history: EpisodeHistory | None = None
         if self.history_cfg.frames > 1 and self.encoder is not None:
             self.history = EpisodeHistory(self.encoder.embed_dim, self.history_cfg)
+        self.lane_gaps: LaneGapSensor | None = None  # made on the first act() that needs it
 
     def reset(self, seed: int | None = None) -> None:
         """Start an episode: trained policies act deterministically, and an agent with
-        an embedding history forgets the last episode's."""
+        an embedding history (or lane gaps' closing speed) forgets the last episode's."""
         if self.history is not None:
             self.history.start_episode()
+        if self.lane_gaps is not None:
+            self.lane_gaps.reset()
+
+    def _with_lane_gaps(self, obs: dict[str, np.ndarray], env: gym.Env[Any, Any] | None
+                        ) -> dict[str, np.ndarray]:
+        """An agent trained with ``lane_gaps`` measures them itself when the env it drives
+        does not add them (evaluation): from the lidar, its pose and the map."""
+        if "lane_gaps" not in self.policy.observation_space.spaces or "lane_gaps" in obs:
+            return obs
+        if env is None or not isinstance(env.unwrapped, DrivingEnv):
+            raise AgentLoadError(f"{self.name} measures lane gaps from the env it drives; "
+                                 "pass the env to act()")
+        if self.lane_gaps is None:
+            self.lane_gaps = LaneGapSensor(decision_period_s(env))
+        return {**obs, "lane_gaps": self.lane_gaps(env.unwrapped, obs["lidar"])}
 
     def observation(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Turn one env observation into the policy's (batched, normalised) input; with
@@ -136,6 +154,7 @@ class TrainedPolicy:
 
     def act(self, obs: dict[str, np.ndarray], env: gym.Env[Any, Any] | None = None) -> Any:
         """The deterministic action for one observation."""
+        obs = self._with_lane_gaps(obs, env)
         action, _ = self.policy.predict(self.observation(obs), deterministic=True)
         action = np.asarray(action)[0]
         if isinstance(self.action_space, gym.spaces.Discrete):

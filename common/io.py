@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -46,3 +49,19 @@ def atomic_write_with(path: str | Path, writer: Callable[[Path], object]) -> Non
     """Call ``writer(tmp_path)`` and atomically move the result to ``path``."""
     with atomic_path(path) as tmp:
         writer(tmp)
+
+
+def write_json_or_report(path: str | Path, payload: Any) -> int:
+    """Write ``payload`` as indented JSON atomically, for a command's ``--json`` option.
+
+    Returns:
+        0, or 2 after printing one ``error: cannot write ...`` line when the path is not
+        writable (the exit status of a command line tool).
+    """
+    try:
+        atomic_write_text(path, json.dumps(payload, indent=2))
+    except OSError as exc:
+        print(f"error: cannot write {path}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+

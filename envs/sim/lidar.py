@@ -67,6 +67,11 @@ class Lidar:
         self._dirs = np.stack([np.cos(elg) * np.cos(azg), np.cos(elg) * np.sin(azg),
                                np.sin(elg)], axis=-1).reshape(-1, 3)
 
+    @property
+    def directions(self) -> NDArray[np.float64]:
+        """Unit ray directions ``(num_rays, 3)`` in the vehicle frame, in scan order."""
+        return self._dirs
+
     def scan(self, x: float, y: float, z: float, yaw: float) -> NDArray[Any]:
         """Ranges (channels * beams,) float32 [m] from a car at (x, y, z) heading ``yaw``."""
         cfg = self.cfg

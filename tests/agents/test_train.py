@@ -181,6 +181,42 @@ def test_a_camera_and_lidar_agent_sees_the_ranges_in_training_and_evaluation(
     env.close()
 
 
+def test_a_lane_gaps_agent_measures_them_itself_in_evaluation(tmp_path: Path) -> None:
+    from planning.lane_gaps import FEATURES, LaneGaps
+
+    enc = save_encoder(tmp_path / "enc", build_encoder("nature_cnn"),
+                       EncoderConfig("nature_cnn"))
+    overrides = ["traffic.num_vehicles=4", "sensors.lidar=true"]
+    cfg = load_train_config(overrides=[
+        "algo=bc", f"encoder={enc}", "bc.episodes=1", "bc.max_steps=10", "bc.epochs=1",
+        "lane_gaps=true", f"env_overrides=[{','.join(overrides)}]"])
+    result = train(cfg, tmp_path / "bc", progress=False)
+    meta = json.loads((result.agent_dir / "agent.json").read_text())
+    spaces_ = meta["observation_space"]["spaces"]
+    assert spaces_["lane_gaps"]["shape"] == [len(FEATURES)] and "lidar" not in spaces_
+    assert "lane_gaps" in meta["normalization"]["obs"]
+    # The evaluation env has no wrapper: the agent measures the gaps from its lidar, and
+    # they equal what the training wrapper gives on the same episode.
+    agent = load_agent(result.agent_dir)
+    bare = gym.make("bulletdrive/Highway-v0", action_mode="behavior", overrides=overrides)
+    wrapped = LaneGaps(gym.make("bulletdrive/Highway-v0", action_mode="behavior",
+                                overrides=overrides))
+    agent.reset()
+    obs, _ = bare.reset(seed=200_003)
+    ref, _ = wrapped.reset(seed=200_003)
+    for _ in range(3):
+        action = agent.act(obs, bare)
+        assert bare.action_space.contains(action)
+        assert agent.lane_gaps is not None
+        np.testing.assert_allclose(agent.lane_gaps.previous_ahead_m, ref["lane_gaps"][0])
+        obs, *_ = bare.step(action)
+        ref, *_ = wrapped.step(action)
+    with pytest.raises(ValueError, match="pass the env to act"):
+        load_agent(result.agent_dir).act(obs)
+    bare.close()
+    wrapped.close()
+
+
 def test_a_checkpoint_from_before_an_option_resumes_with_its_default() -> None:
     from agents.train import check_resumable
     from common.config import to_dict

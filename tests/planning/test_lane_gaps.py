@@ -1,0 +1,115 @@
+"""Lane gaps from the lidar in closed form: a vehicle placed ahead, beside or behind in a
+known lane reads as the bumper-to-bumper gap in that lane's slot; the closing speed is
+the change of the gap over the decision period; the wrapper and the config check."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import envs
+from agents.config import load_train_config
+from common.config import ConfigError
+from envs.driving_env import DrivingEnv
+from planning.lane_gaps import FEATURES, LaneGaps, LaneGapSensor, lane_gaps
+from planning.make import make_env
+from tests.planning.test_safety import QUIET, place_vehicle
+
+#: A flat 1-degree lidar at bumper height, so that every car in range is hit.
+LIDAR = ["sensors.lidar=true", "sensors.lidar_config.beams=360",
+         "sensors.lidar_config.elevations_rad=[0.0]", "sensors.lidar_config.range_m=80.0",
+         "sensors.lidar_config.mount_xyz_m=[0.0,0.0,0.3]"]
+
+
+def scan(env: DrivingEnv) -> np.ndarray:
+    st = env.state
+    assert env.lidar is not None
+    return env.lidar.scan(st.x, st.y, st.z, st.yaw)
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[DrivingEnv]:
+    e = envs.make("Highway-v0", overrides=[*QUIET, *LIDAR, "traffic.num_vehicles=1",
+                                           "traffic.truck_fraction=0"])
+    e.reset(seed=299_702, options={"start_lane": "main/f1", "start_s_m": 100.0})
+    yield e
+    e.close()
+
+
+def expected_gap(env: DrivingEnv, centre_m: float) -> float:
+    """Bumper-to-bumper gap to vehicle 0 whose centre is ``centre_m`` along the lane."""
+    return centre_m - (env.config.vehicle.length_m + float(env.traffic.length[0])) / 2.0
+
+
+def test_a_vehicle_ahead_in_the_ego_lane(env: DrivingEnv) -> None:
+    place_vehicle(env, 30.0, 5.0)
+    gaps = lane_gaps(env, scan(env))
+    assert gaps[0] == pytest.approx(expected_gap(env, 30.0), abs=0.3)
+    assert gaps[1] > 60.0  # nothing in the left lane ahead
+
+
+def test_vehicles_in_the_neighbouring_lanes(env: DrivingEnv) -> None:
+    place_vehicle(env, 20.0, 5.0, lane_offset=1)  # left lane, ahead
+    gaps = lane_gaps(env, scan(env))
+    assert gaps[1] == pytest.approx(expected_gap(env, 20.0), abs=0.3)
+    assert gaps[0] > 60.0  # not in the ego's lane
+    place_vehicle(env, -15.0, 5.0, lane_offset=-1)  # right lane, behind
+    gaps = lane_gaps(env, scan(env))
+    assert gaps[4] == pytest.approx(expected_gap(env, 15.0), abs=0.3)
+    assert gaps[0] > 60.0 and gaps[2] > 60.0
+    place_vehicle(env, 0.0, 5.0, lane_offset=1)  # beside the ego: no room ahead or behind
+    gaps = lane_gaps(env, scan(env))
+    assert gaps[1] == 0.0 and gaps[2] == 0.0
+
+
+def test_nothing_in_range_reads_the_range(env: DrivingEnv) -> None:
+    limit = env.config.sensors.lidar_config.range_m
+    assert (lane_gaps(env, np.full(env.lidar.cfg.num_rays, limit, np.float32))  # type: ignore[union-attr]
+            == limit).all()
+
+
+def test_closing_speed_is_the_gap_change_over_the_period(env: DrivingEnv) -> None:
+    sensor = LaneGapSensor(period_s=0.3)
+    place_vehicle(env, 30.0, 5.0)
+    first = sensor(env, scan(env))
+    assert first[1] == 0.0  # nothing to compare with yet
+    place_vehicle(env, 27.0, 5.0)
+    second = sensor(env, scan(env))
+    assert second[1] == pytest.approx((first[0] - second[0]) / 0.3, rel=1e-5)
+    assert second[1] == pytest.approx(10.0, abs=1.0)
+    sensor.reset()
+    assert sensor(env, scan(env))[1] == 0.0
+
+
+def test_wrapper_replaces_the_ranges_by_the_gaps() -> None:
+    env = LaneGaps(make_env("Highway-v0", action_mode="behavior",
+                            overrides=[*QUIET, *LIDAR]))
+    try:
+        obs, _ = env.reset(seed=3)
+        assert isinstance(env.observation_space, gym.spaces.Dict)
+        assert "lidar" not in obs and "lidar" not in env.observation_space.spaces
+        assert obs["lane_gaps"].shape == (len(FEATURES),)
+        assert env.observation_space.contains(obs)
+        obs, *_ = env.step(0)
+        assert env.observation_space.contains(obs)
+    finally:
+        env.close()
+    kept = LaneGaps(make_env("Highway-v0", action_mode="behavior",
+                             overrides=[*QUIET, *LIDAR]), keep_ranges=True)
+    assert isinstance(kept.observation_space, gym.spaces.Dict)
+    assert "lidar" in kept.observation_space.spaces
+    kept.close()
+
+
+def test_without_the_lidar_is_a_clear_error() -> None:
+    env = make_env("Highway-v0", action_mode="behavior", overrides=QUIET)
+    with pytest.raises(ValueError, match="add sensors.lidar=true"):
+        LaneGaps(env)
+    env.close()
+    with pytest.raises(ConfigError, match="lane_gaps needs the lidar"):
+        load_train_config(overrides=["lane_gaps=true"])
+    cfg = load_train_config(overrides=["lane_gaps=true", "env_overrides=[sensors.lidar=true]"])
+    assert cfg.lane_gaps
