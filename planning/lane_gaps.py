@@ -32,7 +32,7 @@ from gymnasium import spaces
 from numpy.typing import NDArray
 
 from envs.driving_env import DrivingEnv
-from planning.safety import _ego_path, _project_many
+from planning.safety import ego_path, project_onto_path
 
 #: Names of the features, in order.
 FEATURES = ("ahead_m", "closing_mps", "left_ahead_m", "left_behind_m", "right_ahead_m",
@@ -57,7 +57,7 @@ def lane_gaps(env: DrivingEnv, ranges: NDArray[Any]) -> NDArray[np.float64]:
     limit = cfg.range_m
     out = np.full(5, limit)
     lp = env.lane_point
-    path = _ego_path(env)
+    path = ego_path(env)
     if lp is None or path is None or env.road_map is None:
         return out
     st = env.state
@@ -73,7 +73,7 @@ def lane_gaps(env: DrivingEnv, ranges: NDArray[Any]) -> NDArray[np.float64]:
     half_len = env.config.vehicle.length_m / 2.0
     width = float(env.road_map.lane(lp.lane).width_at(lp.s))
     # Ahead: along the lane's centre line (curves and the lanes after it count).
-    arc, lat, _ = _project_many(path, xy)
+    arc, lat, _ = project_onto_path(path, xy)
     forward = ex > 0.0
     # Behind: in the ego frame, offset by the ego's place in its lane (short and straight).
     lat_behind = ey + lp.d

@@ -19,7 +19,7 @@ TTC_RANGE_M = 100.0
 PATH_STEP_M = 2.0
 
 
-def _ego_path(env: DrivingEnv) -> NDArray[np.float64] | None:
+def ego_path(env: DrivingEnv) -> NDArray[np.float64] | None:
     """Centre line (K, 2) of the ego's lane from its lane point, continued along the route
     (or the straightest successor), about :data:`TTC_RANGE_M` plus a margin long."""
     lp, rm = env.lane_point, env.road_map
@@ -36,8 +36,8 @@ def _ego_path(env: DrivingEnv) -> NDArray[np.float64] | None:
     return xy if len(xy) >= 2 else None
 
 
-def _project_many(path: NDArray[np.float64], points: NDArray[np.float64]
-                  ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+def project_onto_path(path: NDArray[np.float64], points: NDArray[np.float64]
+                      ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
     """Arc length, signed lateral offset and path heading at the projection of each point
     onto a polyline (vectorised over points and segments)."""
     a, ab = path[:-1], np.diff(path, axis=0)
@@ -86,11 +86,11 @@ def time_to_collision(env: DrivingEnv) -> tuple[float, float]:
     st = env.state
     xy = np.column_stack([t.x[active], t.y[active]])
     nearest = float(np.min(np.hypot(xy[:, 0] - st.x, xy[:, 1] - st.y)))
-    path = _ego_path(env)
+    path = ego_path(env)
     lp = env.lane_point
     if path is None or lp is None:
         return math.inf, nearest
-    s, d, heading = _project_many(path, xy)
+    s, d, heading = project_onto_path(path, xy)
     veh = env.config.vehicle
     on_path = (s > 0.0) & (s <= TTC_RANGE_M) & (
         np.abs(d - lp.d) < (veh.width_m + t.width[active]) / 2.0)
@@ -107,4 +107,5 @@ def time_to_collision(env: DrivingEnv) -> tuple[float, float]:
     return (gap / closing if closing > 1e-9 else math.inf), nearest
 
 
-__all__ = ["PATH_STEP_M", "TTC_RANGE_M", "time_to_collision"]
+__all__ = ["PATH_STEP_M", "TTC_RANGE_M", "ego_path", "project_onto_path",
+           "time_to_collision"]
