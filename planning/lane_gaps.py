@@ -124,13 +124,11 @@ class LaneGapSensor:
 
 def decision_period_s(env: gym.Env[Any, Any]) -> float:
     """Seconds between two actions of ``env`` (its decision layer's period, if any)."""
-    e: Any = env
-    while isinstance(e, gym.Wrapper):
-        steps = getattr(e, "steps_per_decision", None)
-        if steps is not None:
-            return float(steps) * float(env.unwrapped.dt)  # type: ignore[attr-defined]
-        e = e.env
-    return float(env.unwrapped.dt)  # type: ignore[attr-defined]
+    try:
+        steps = int(env.get_wrapper_attr("steps_per_decision"))
+    except AttributeError:  # the control mode: one action per control step
+        steps = 1
+    return steps * float(env.unwrapped.dt)  # type: ignore[attr-defined]
 
 
 class LaneGaps(gym.Wrapper[dict[str, Any], Any, dict[str, Any], Any]):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from perception.ceiling import CeilingConfig, fit_ceiling, load_split, main
-from perception.dataset import DatasetError, LabelSpec, ShardWriter, explicit_split
+from perception.dataset import LabelSpec, ShardWriter, explicit_split
 
 SCHEMA = (LabelSpec.regression("bright"), LabelSpec.regression("noise"),
           LabelSpec.classification("colour", ("red", "green")))
@@ -94,7 +94,3 @@ def test_unwritable_json_is_an_error(dataset: Path, tmp_path: Path,
     assert main([str(dataset), "--label", "bright", "--steps", "1", "--device", "cpu",
                  "--json", str(tmp_path / "file" / "out.json")]) == 2
     assert "error: cannot write" in capsys.readouterr().err
-
-
-def test_dataset_error_is_a_value_error() -> None:
-    assert issubclass(DatasetError, ValueError)

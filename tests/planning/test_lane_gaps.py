@@ -14,7 +14,7 @@ import envs
 from agents.config import load_train_config
 from common.config import ConfigError
 from envs.driving_env import DrivingEnv
-from planning.lane_gaps import FEATURES, LaneGaps, LaneGapSensor, lane_gaps
+from planning.lane_gaps import FEATURES, LaneGaps, LaneGapSensor, decision_period_s, lane_gaps
 from planning.make import make_env
 from tests.planning.test_safety import QUIET, place_vehicle
 
@@ -113,3 +113,10 @@ def test_without_the_lidar_is_a_clear_error() -> None:
         load_train_config(overrides=["lane_gaps=true"])
     cfg = load_train_config(overrides=["lane_gaps=true", "env_overrides=[sensors.lidar=true]"])
     assert cfg.lane_gaps
+
+
+@pytest.mark.parametrize(("mode", "period_s"), [("behavior", 0.3), ("control", 0.1)])
+def test_the_closing_speed_period_is_the_decision_period(mode: str, period_s: float) -> None:
+    env = make_env("Highway-v0", action_mode=mode, overrides=QUIET)
+    assert decision_period_s(env) == pytest.approx(period_s)
+    env.close()
