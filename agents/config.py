@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import envs
-from common.config import ConfigError, load_config, require
+from common.config import ConfigError, apply_overrides, load_config, require
 from envs.config import ACTION_MODES
 from planning.action_modes import MetaAction
 
@@ -250,7 +250,8 @@ class TrainConfig:
                               f"per meta-action ({', '.join(a.name.lower() for a in MetaAction)}"
                               f"), got {len(self.bc.action_weights)} for "
                               f"'{self.action_mode}'")
-        if self.lane_gaps and "sensors.lidar=true" not in self.env_overrides:
+        if self.lane_gaps and apply_overrides({}, self.env_overrides).get(
+                "sensors", {}).get("lidar") is not True:
             raise ConfigError("lane_gaps needs the lidar: add sensors.lidar=true to "
                               "env_overrides")
         if self.history.frames > 1 and self.obs != "frozen":

@@ -31,6 +31,7 @@ from numpy.typing import NDArray
 
 from agents.bc import REASON_COLUMNS, label_counts
 from common.io import write_json_or_report
+from perception.probes import r2_score
 from planning.action_modes import MetaAction
 
 #: Keys of a dataset file that are not observations.
@@ -247,7 +248,7 @@ def reason_r2(data: Mapping[str, NDArray[np.generic]], settings: FitSettings = F
             _fit(net, xs[~held], yt[~held], settings, rng, torch.nn.functional.mse_loss)
             with torch.no_grad():
                 pred[held] = net(xs[held])[:, 0].numpy() * t_std + t_mean
-        out[name] = float(1.0 - np.mean((pred - target) ** 2) / max(float(np.var(target)), 1e-12))
+        out[name] = r2_score(target, pred)
     return out
 
 

@@ -137,6 +137,9 @@ class TrainedPolicy:
         if env is None or not isinstance(env.unwrapped, DrivingEnv):
             raise AgentLoadError(f"{self.name} measures lane gaps from the env it drives; "
                                  "pass the env to act()")
+        if "lidar" not in obs:
+            raise AgentLoadError(f"{self.name} measures lane gaps with the lidar; drive it "
+                                 "in an env with sensors.lidar=true (its env overrides)")
         if self.lane_gaps is None:
             self.lane_gaps = LaneGapSensor(decision_period_s(env))
         return {**obs, "lane_gaps": self.lane_gaps(env.unwrapped, obs["lidar"])}

@@ -34,6 +34,7 @@ from common.io import write_json_or_report
 from perception.dataset import DatasetError, load_split_arrays, read_manifest
 from perception.encoders import build_encoder, to_float_nchw
 from perception.pretrain import resolve_device
+from perception.probes import r2_score
 
 
 @dataclass(frozen=True)
@@ -156,9 +157,7 @@ def fit_ceiling(train: tuple[NDArray[np.uint8], NDArray[np.float32]],
                 model(to_float_nchw(torch.from_numpy(x_va[i:i + 512]), device))[:, 0]
                 .float().cpu().numpy() for i in range(0, len(x_va), 512)]) * std + mean
         model.train()
-        var = float(np.var(y_va))
-        r2 = 1.0 - float(np.mean((pred - y_va) ** 2)) / var if var > 0 else float("nan")
-        return CeilingPoint(step, r2, float(np.mean(np.abs(pred - y_va))),
+        return CeilingPoint(step, r2_score(y_va, pred), float(np.mean(np.abs(pred - y_va))),
                             time.perf_counter() - start)
 
     points: list[CeilingPoint] = []

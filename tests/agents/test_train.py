@@ -213,6 +213,8 @@ def test_a_lane_gaps_agent_measures_them_itself_in_evaluation(tmp_path: Path) ->
         ref, *_ = wrapped.step(action)
     with pytest.raises(ValueError, match="pass the env to act"):
         load_agent(result.agent_dir).act(obs)
+    with pytest.raises(ValueError, match="measures lane gaps with the lidar"):
+        load_agent(result.agent_dir).act({k: v for k, v in obs.items() if k != "lidar"}, bare)
     bare.close()
     wrapped.close()
 

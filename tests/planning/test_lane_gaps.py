@@ -111,7 +111,10 @@ def test_without_the_lidar_is_a_clear_error() -> None:
     env.close()
     with pytest.raises(ConfigError, match="lane_gaps needs the lidar"):
         load_train_config(overrides=["lane_gaps=true"])
-    cfg = load_train_config(overrides=["lane_gaps=true", "env_overrides=[sensors.lidar=true]"])
+    with pytest.raises(ConfigError, match="lane_gaps needs the lidar"):  # turned off again
+        load_train_config(overrides=[
+            "lane_gaps=true", "env_overrides=[sensors.lidar=true,sensors.lidar=false]"])
+    cfg = load_train_config(overrides=["lane_gaps=true", "env_overrides=[sensors.lidar=True]"])
     assert cfg.lane_gaps
 
 
