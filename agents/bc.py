@@ -182,6 +182,35 @@ class EpisodeSplit:
         return np.asarray(self.rows, bool)
 
 
+def embedding_columns(policy: MultiInputActorCriticPolicy) -> slice:
+    """The columns of the policy's features that hold the ``embedding`` observation.
+
+    SB3's ``CombinedExtractor`` flattens the observation keys and concatenates them in
+    the space's order.
+    """
+    start = 0
+    for key, subspace in policy.observation_space.spaces.items():  # type: ignore[attr-defined]
+        width = int(np.prod(subspace.shape))
+        if key == "embedding":
+            return slice(start, start + width)
+        start += width
+    raise ValueError("the policy has no 'embedding' input (bc.embedding_l2 needs obs 'frozen')")
+
+
+def embedding_weights(policy: MultiInputActorCriticPolicy) -> torch.Tensor:
+    """The actor's first-layer weights that read the embedding ``(hidden, embed_dim)``
+    (a view: writing to it changes the policy)."""
+    first = policy.mlp_extractor.policy_net[0]
+    assert isinstance(first, torch.nn.Linear)
+    return first.weight[:, embedding_columns(policy)]
+
+
+def zero_embedding_weights(policy: MultiInputActorCriticPolicy) -> None:
+    """Start the actor blind to the embedding (its first-layer weights on it set to 0)."""
+    with torch.no_grad():
+        embedding_weights(policy).zero_()
+
+
 def fit(policy: MultiInputActorCriticPolicy, data: list[dict[str, np.ndarray]],
         actions: list[Any], is_val: np.ndarray, stats: dict[str, Any], cfg: TrainConfig,
         generator: torch.Generator, device: torch.device) -> dict[str, float]:
@@ -213,12 +242,15 @@ def fit(policy: MultiInputActorCriticPolicy, data: list[dict[str, np.ndarray]],
             idx = order[start:start + cfg.bc.batch_size]
             batch = {k: v[idx] for k, v in tensors.items()}
             _, log_prob, _ = policy.evaluate_actions(batch, target[idx])
-            loss = -(row_weight[idx] * log_prob).sum() / row_weight[idx].sum()
+            nll = -(row_weight[idx] * log_prob).sum() / row_weight[idx].sum()
+            loss = nll
+            if cfg.bc.embedding_l2 > 0.0:
+                loss = nll + cfg.bc.embedding_l2 * embedding_weights(policy).pow(2).sum()
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
             optimizer.step()
-            losses.append(float(loss.detach()))
+            losses.append(float(nll.detach()))
         last = float(np.mean(losses))
         if len(val_idx) == 0:
             continue
@@ -272,6 +304,8 @@ def train_bc(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> An
         policy = MultiInputActorCriticPolicy(
             path.space, env.action_space, lambda _: cfg.bc.learning_rate,
             net_arch=list(cfg.ppo.net_arch), **extractor_kwargs(cfg.obs, cfg.encoder, cfg.seed))
+    if cfg.bc.embedding_l2 > 0.0:
+        zero_embedding_weights(policy)
     policy.to(device)
     generator = torch.Generator().manual_seed(cfg.seed)
     data: list[dict[str, np.ndarray]] = []

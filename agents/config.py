@@ -102,6 +102,12 @@ class BCConfig:
             rare braking labels (README, agents section).
         save_dataset: Also write the labelled decisions, with the expert's reasons, to
             ``<out>/bc_dataset.npz`` (``agents.bc.save_dataset``).
+        embedding_l2: ``frozen`` path: L2 penalty on the actor's first-layer weights that
+            read the embedding (summed squares, added to the mean negative
+            log-likelihood); with a penalty they also start at zero, so the policy
+            leans on the embedding only as far as it pays. 0 (the default): none. Lets a
+            few vector inputs (``lane_gaps``) count beside 512 embedding features that
+            the clone otherwise memorises (README, agents section).
     """
 
     episodes: int = 20
@@ -115,9 +121,11 @@ class BCConfig:
     patience: int = 5
     action_weights: tuple[float, ...] = ()
     save_dataset: bool = False
+    embedding_l2: float = 0.0
 
     def __post_init__(self) -> None:
         require(0.0 <= self.val_fraction < 1.0, "bc.val_fraction must be in [0, 1)")
+        require(self.embedding_l2 >= 0.0, f"bc.embedding_l2 must be >= 0, got {self.embedding_l2}")
         require(all(w > 0.0 for w in self.action_weights),
                 f"bc.action_weights must all be > 0, got {list(self.action_weights)}")
         require(self.patience >= 1 and self.epochs >= 1, "bc.patience and bc.epochs must be "
@@ -250,6 +258,9 @@ class TrainConfig:
                               f"per meta-action ({', '.join(a.name.lower() for a in MetaAction)}"
                               f"), got {len(self.bc.action_weights)} for "
                               f"'{self.action_mode}'")
+        if self.bc.embedding_l2 > 0.0 and self.obs != "frozen":
+            raise ConfigError(f"bc.embedding_l2 penalises the frozen path's embedding "
+                              f"weights; obs '{self.obs}' has none (use obs 'frozen')")
         if self.lane_gaps and apply_overrides({}, self.env_overrides).get(
                 "sensors", {}).get("lidar") is not True:
             raise ConfigError("lane_gaps needs the lidar: add sensors.lidar=true to "

@@ -12,8 +12,11 @@ left / right neighbour by the lane width. It reads only the lidar ranges, the eg
 Features (float32, :data:`FEATURES`), all in metres except the closing speed:
 
 - ``ahead_m``: bumper-to-hit gap to the nearest return in the ego's lane ahead;
-- ``closing_mps``: how fast ``ahead_m`` shrank since the previous decision [m/s]
-  (0 on the first decision of an episode and while nothing is in range);
+- ``closing_mps``: how fast the lead comes nearer [m/s]: the lead's rear now is matched
+  with the previous decision's returns around it (the same car, as a tracker would), so
+  a new lead (a cut-in, or the old lead leaving the lane) does not read as a jump of
+  the gap (:func:`closing_speed`). 0 on the first decision of an episode, while nothing
+  is ahead, and when the lead was not near the same place at the previous decision;
 - ``left_ahead_m`` / ``left_behind_m`` and ``right_ahead_m`` / ``right_behind_m``: the
   free length ahead of the ego's front and behind its rear in the neighbouring lanes
   (0 when something is beside the ego; a guard rail where there is no lane reads short).
@@ -24,6 +27,7 @@ Where nothing is hit the value is the lidar's range.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
@@ -37,8 +41,31 @@ from planning.safety import ego_path, project_onto_path
 #: Names of the features, in order.
 FEATURES = ("ahead_m", "closing_mps", "left_ahead_m", "left_behind_m", "right_ahead_m",
             "right_behind_m")
-#: Closing speeds are clipped to +-this [m/s] (a new lead appearing is not a speed).
-MAX_CLOSING_MPS = 15.0
+#: Closing speeds are clipped to +-this [m/s]; it also bounds how far the lead may have
+#: moved, relative to the ego, since the previous decision when it is matched.
+MAX_CLOSING_MPS = 25.0
+#: How far sideways (ego frame) the lead's return may have moved since the previous
+#: decision and still be the same car [m] (a lane change moves it about 0.4 m in 0.3 s).
+TRACK_LATERAL_GATE_M = 1.5
+#: A car's length, the reach of the lead's returns beyond its nearest one [m].
+CAR_LENGTH_M = 4.5
+
+
+@dataclass(frozen=True)
+class LaneScan:
+    """One lidar scan sorted into lanes.
+
+    Attributes:
+        gaps: ``[ahead, left_ahead, left_behind, right_ahead, right_behind]`` [m], each
+            in ``[0, range_m]``.
+        points: The hits in the ego frame, ``(n, 2)`` (x forward, y left) [m].
+        lead: The ego-frame point of the nearest hit ahead in the ego's lane, ``(2,)``
+            [m], or ``None`` when nothing is there.
+    """
+
+    gaps: NDArray[np.float64]
+    points: NDArray[np.float64]
+    lead: NDArray[np.float64] | None
 
 
 def lane_gaps(env: DrivingEnv, ranges: NDArray[Any]) -> NDArray[np.float64]:
@@ -52,18 +79,28 @@ def lane_gaps(env: DrivingEnv, ranges: NDArray[Any]) -> NDArray[np.float64]:
         ``[ahead, left_ahead, left_behind, right_ahead, right_behind]`` [m], each in
         ``[0, range_m]``.
     """
+    return scan_lanes(env, ranges).gaps
+
+
+def scan_lanes(env: DrivingEnv, ranges: NDArray[Any]) -> LaneScan:
+    """Sort one scan's hits into the ego's lane and its neighbours (see :class:`LaneScan`).
+
+    Args:
+        env: The bare env whose lidar produced ``ranges`` (its current pose).
+        ranges: The lidar's ranges ``(num_rays,)`` [m].
+    """
     assert env.lidar is not None, "lane gaps need the lidar (sensors.lidar=true)"
     cfg = env.config.sensors.lidar_config
     limit = cfg.range_m
-    out = np.full(5, limit)
+    empty = LaneScan(np.full(5, limit), np.zeros((0, 2)), None)
     lp = env.lane_point
     path = ego_path(env)
     if lp is None or path is None or env.road_map is None:
-        return out
+        return empty
     st = env.state
     hit = np.asarray(ranges, np.float64) < limit - 1e-3
     if not hit.any():
-        return out
+        return empty
     c, s = math.cos(st.yaw), math.sin(st.yaw)
     local = env.lidar.directions[hit] * np.asarray(ranges, np.float64)[hit, None]
     mount = np.asarray(cfg.mount_xyz_m)
@@ -85,17 +122,59 @@ def lane_gaps(env: DrivingEnv, ranges: NDArray[Any]) -> NDArray[np.float64]:
     ahead_dist = arc - half_len
     behind_dist = -ex - half_len
     gaps = []
+    lead = None
     for k, (lo, hi) in enumerate(bands):
         in_band = forward & (lat > lo) & (lat <= hi)
         gaps.append(gap(in_band, ahead_dist))
+        if k == 0 and in_band.any():
+            nearest = np.flatnonzero(in_band)[np.argmin(ahead_dist[in_band])]
+            lead = np.array([ex[nearest], ey[nearest]])
         if k > 0:
             behind = (~forward) & (lat_behind > lo) & (lat_behind <= hi)
             gaps.append(gap(behind, behind_dist))
-    return np.asarray(gaps)
+    return LaneScan(np.asarray(gaps), np.column_stack([ex, ey]), lead)
+
+
+def closing_speed(lead: NDArray[np.float64] | None, points: NDArray[np.float64],
+                  previous_points: NDArray[np.float64] | None, period_s: float) -> float:
+    """How fast the lead comes nearer, from this scan and the previous one [m/s].
+
+    The lead's rear is the rearmost return within :data:`TRACK_LATERAL_GATE_M` sideways
+    of its nearest return (and less than a car length beyond it); its rear at the
+    previous scan is the rearmost previous return within the same lateral band and
+    ``MAX_CLOSING_MPS * period_s`` along. Both are in the ego frame, so the change is
+    the lead's motion relative to the ego. Taking the rearmost return of a band on both
+    scans, rather than single returns, keeps beams that hit the car's side or corner on
+    one scan and its rear on the other from reading as speed.
+
+    Args:
+        lead: The lead's nearest return now (ego frame) [m], or ``None``.
+        points: This scan's returns ``(n, 2)`` (ego frame) [m].
+        previous_points: The previous scan's returns ``(n, 2)`` (ego frame) [m], or
+            ``None`` at the start of an episode.
+        period_s: Time between the two scans [s].
+
+    Returns:
+        The closing speed, positive when the gap shrinks; 0 when there is no lead or it
+        was not seen before.
+    """
+    if lead is None or previous_points is None or len(previous_points) == 0:
+        return 0.0
+    x0, y0 = float(lead[0]), float(lead[1])
+    band = np.abs(points[:, 1] - y0) < TRACK_LATERAL_GATE_M
+    rear = float(points[band & (points[:, 0] >= x0 - CAR_LENGTH_M)
+                        & (points[:, 0] <= x0 + CAR_LENGTH_M), 0].min(initial=x0))
+    reach = MAX_CLOSING_MPS * period_s
+    near = ((np.abs(previous_points[:, 1] - y0) < TRACK_LATERAL_GATE_M)
+            & (np.abs(previous_points[:, 0] - rear) < reach))
+    if not near.any():
+        return 0.0
+    before = float(previous_points[near, 0].min())
+    return float(np.clip((before - rear) / period_s, -MAX_CLOSING_MPS, MAX_CLOSING_MPS))
 
 
 class LaneGapSensor:
-    """:func:`lane_gaps` plus the closing speed, which needs the previous decision's gap.
+    """:func:`lane_gaps` plus the closing speed, which needs the previous decision's scan.
 
     Args:
         period_s: Time between two calls (the decision period) [s].
@@ -103,23 +182,21 @@ class LaneGapSensor:
 
     def __init__(self, period_s: float) -> None:
         self.period_s = period_s
-        self.previous_ahead_m: float | None = None
+        self.previous_points: NDArray[np.float64] | None = None
+        self.last: NDArray[np.float32] | None = None  # the features last returned
 
     def reset(self) -> None:
         """Forget the last episode."""
-        self.previous_ahead_m = None
+        self.previous_points = None
+        self.last = None
 
     def __call__(self, env: DrivingEnv, ranges: NDArray[Any]) -> NDArray[np.float32]:
         """The features of :data:`FEATURES` for the current state."""
-        gaps = lane_gaps(env, ranges)
-        limit = env.config.sensors.lidar_config.range_m
-        ahead = float(gaps[0])
-        closing = 0.0
-        if self.previous_ahead_m is not None and max(ahead, self.previous_ahead_m) < limit:
-            closing = float(np.clip((self.previous_ahead_m - ahead) / self.period_s,
-                                    -MAX_CLOSING_MPS, MAX_CLOSING_MPS))
-        self.previous_ahead_m = ahead
-        return np.array([ahead, closing, *gaps[1:]], np.float32)
+        scan = scan_lanes(env, ranges)
+        closing = closing_speed(scan.lead, scan.points, self.previous_points, self.period_s)
+        self.previous_points = scan.points
+        self.last = np.array([scan.gaps[0], closing, *scan.gaps[1:]], np.float32)
+        return self.last
 
 
 def decision_period_s(env: gym.Env[Any, Any]) -> float:

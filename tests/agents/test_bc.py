@@ -1,4 +1,5 @@
-"""Behaviour cloning's fit: held-out episodes, early stopping and action weights."""
+"""Behaviour cloning's fit: held-out episodes, early stopping, action weights and the
+embedding penalty."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 
-from agents.bc import EpisodeSplit, fit, label_counts, normalization_stats
+from agents.bc import (
+    EpisodeSplit,
+    embedding_columns,
+    embedding_weights,
+    fit,
+    label_counts,
+    normalization_stats,
+    zero_embedding_weights,
+)
 from agents.config import load_train_config
 from agents.saving import normalize_obs
 from common.config import ConfigError
@@ -107,3 +116,49 @@ def test_label_counts_name_each_meta_action() -> None:
                                                "change_right": 0, "faster": 1, "slower": 1,
                                                "stop": 1}
     assert label_counts([np.zeros(2, np.float32)]) is None  # continuous modes
+
+
+def test_the_embedding_penalty_keeps_the_policy_off_the_embedding() -> None:
+    # The label is the sign of one lane-gap feature; the 32 embedding features are noise
+    # that a 400-row fit can memorise. From zero, the penalty keeps the embedding's
+    # weights small and the rule is still learned.
+    rng = np.random.default_rng(0)
+    n = 400
+    data = [{"decision": rng.normal(size=3).astype(np.float32),
+             "embedding": rng.normal(size=32).astype(np.float32),
+             "lane_gaps": rng.normal(size=6).astype(np.float32)} for _ in range(n)]
+    actions = [4 if d["lane_gaps"][0] > 0 else 0 for d in data]
+    space = spaces.Dict({k: spaces.Box(-np.inf, np.inf, (len(v),), np.float32)
+                         for k, v in data[0].items()})
+    stats = normalization_stats(data, list(space.spaces))
+    norms = {}
+    for penalty in (0.0, 1.0):
+        cfg = load_train_config(overrides=["bc.epochs=40", "bc.batch_size=50",
+                                           f"bc.embedding_l2={penalty}"])
+        torch.manual_seed(0)
+        policy = MultiInputActorCriticPolicy(space, spaces.Discrete(6), lambda _: 1e-3,
+                                             net_arch=[32])
+        # The embedding's columns are where the extractor puts it (keys in order).
+        assert embedding_columns(policy) == slice(3, 35)
+        with torch.no_grad():
+            features = policy.extract_features(
+                {"decision": torch.zeros(1, 3), "embedding": torch.ones(1, 32),
+                 "lane_gaps": torch.zeros(1, 6)}, policy.features_extractor)
+        assert torch.equal(features[0].nonzero().flatten(), torch.arange(3, 35))
+        zero_embedding_weights(policy)  # as train_bc does with a penalty
+        fit(policy, data, actions, np.zeros(n, bool), stats, cfg,
+            torch.Generator().manual_seed(0), torch.device("cpu"))
+        x = normalize_obs({k: np.stack([d[k] for d in data]) for k in space.spaces}, stats)
+        with torch.no_grad():
+            pred = policy.get_distribution({k: torch.as_tensor(v) for k, v in x.items()}
+                                           ).distribution.probs.argmax(1).numpy()
+        assert np.mean(pred == np.asarray(actions)) > 0.95
+        norms[penalty] = float(embedding_weights(policy).detach().norm())
+    assert norms[1.0] < 0.1 * norms[0.0]
+
+
+def test_the_embedding_penalty_needs_the_frozen_path() -> None:
+    with pytest.raises(ConfigError, match="embedding_l2 must be >= 0"):
+        load_train_config(overrides=["bc.embedding_l2=-1"])
+    with pytest.raises(ConfigError, match="obs 'privileged' has none"):
+        load_train_config(overrides=["obs=privileged", "bc.embedding_l2=0.5"])

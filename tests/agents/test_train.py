@@ -182,6 +182,7 @@ def test_a_camera_and_lidar_agent_sees_the_ranges_in_training_and_evaluation(
 
 
 def test_a_lane_gaps_agent_measures_them_itself_in_evaluation(tmp_path: Path) -> None:
+    from agents.bc import embedding_weights
     from planning.lane_gaps import FEATURES, LaneGaps
 
     enc = save_encoder(tmp_path / "enc", build_encoder("nature_cnn"),
@@ -189,12 +190,17 @@ def test_a_lane_gaps_agent_measures_them_itself_in_evaluation(tmp_path: Path) ->
     overrides = ["traffic.num_vehicles=4", "sensors.lidar=true"]
     cfg = load_train_config(overrides=[
         "algo=bc", f"encoder={enc}", "bc.episodes=1", "bc.max_steps=10", "bc.epochs=1",
-        "lane_gaps=true", f"env_overrides=[{','.join(overrides)}]"])
+        "lane_gaps=true", f"env_overrides=[{','.join(overrides)}]", "bc.embedding_l2=0.3"])
     result = train(cfg, tmp_path / "bc", progress=False)
     meta = json.loads((result.agent_dir / "agent.json").read_text())
     spaces_ = meta["observation_space"]["spaces"]
     assert spaces_["lane_gaps"]["shape"] == [len(FEATURES)] and "lidar" not in spaces_
     assert "lane_gaps" in meta["normalization"]["obs"]
+    # With bc.embedding_l2 the actor starts blind to the embedding, and one small fit
+    # barely moves it off zero; the lane gaps' columns keep their initial weights.
+    policy = load_agent(result.agent_dir).policy
+    first = policy.mlp_extractor.policy_net[0].weight
+    assert float(embedding_weights(policy).abs().max()) < 0.05 < float(first.abs().max())
     # The evaluation env has no wrapper: the agent measures the gaps from its lidar, and
     # they equal what the training wrapper gives on the same episode.
     agent = load_agent(result.agent_dir)
@@ -208,7 +214,7 @@ def test_a_lane_gaps_agent_measures_them_itself_in_evaluation(tmp_path: Path) ->
         action = agent.act(obs, bare)
         assert bare.action_space.contains(action)
         assert agent.lane_gaps is not None
-        np.testing.assert_allclose(agent.lane_gaps.previous_ahead_m, ref["lane_gaps"][0])
+        np.testing.assert_allclose(agent.lane_gaps.last, ref["lane_gaps"])
         obs, *_ = bare.step(action)
         ref, *_ = wrapped.step(action)
     with pytest.raises(ValueError, match="pass the env to act"):

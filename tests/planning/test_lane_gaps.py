@@ -1,6 +1,7 @@
 """Lane gaps from the lidar in closed form: a vehicle placed ahead, beside or behind in a
 known lane reads as the bumper-to-bumper gap in that lane's slot; the closing speed is
-the change of the gap over the decision period; the wrapper and the config check."""
+the lead's rear tracked from one scan to the next over the decision period; the wrapper
+and the config check."""
 
 from __future__ import annotations
 
@@ -14,7 +15,14 @@ import envs
 from agents.config import load_train_config
 from common.config import ConfigError
 from envs.driving_env import DrivingEnv
-from planning.lane_gaps import FEATURES, LaneGaps, LaneGapSensor, decision_period_s, lane_gaps
+from planning.lane_gaps import (
+    FEATURES,
+    LaneGaps,
+    LaneGapSensor,
+    closing_speed,
+    decision_period_s,
+    lane_gaps,
+)
 from planning.make import make_env
 from tests.planning.test_safety import QUIET, place_vehicle
 
@@ -82,6 +90,31 @@ def test_closing_speed_is_the_gap_change_over_the_period(env: DrivingEnv) -> Non
     assert second[1] == pytest.approx(10.0, abs=1.0)
     sensor.reset()
     assert sensor(env, scan(env))[1] == 0.0
+
+
+def test_a_lead_without_a_past_reads_no_closing_speed(env: DrivingEnv) -> None:
+    sensor = LaneGapSensor(period_s=0.3)
+    place_vehicle(env, 60.0, 5.0)
+    sensor(env, scan(env))
+    place_vehicle(env, 25.0, 5.0)  # 35 m nearer in 0.3 s: not the same car
+    now = sensor(env, scan(env))
+    assert now[0] == pytest.approx(expected_gap(env, 25.0), abs=0.3)
+    assert now[1] == 0.0
+
+
+def test_closing_speed_compares_the_rear_of_the_lead_on_both_scans() -> None:
+    # Previous scan: the lead's rear at 50 m and a beam on its side further on; a car in
+    # the next lane (3.5 m to the left) nearer still.
+    previous = np.array([[50.0, 0.0], [52.5, 0.9], [45.0, 3.5]])
+    # Now: the nearest return is the side (a beam missed the rear's centre), the rear is
+    # 1 m nearer than before.
+    points = np.array([[49.3, 0.9], [49.0, -0.4], [44.0, 3.5]])
+    lead = points[0]
+    assert closing_speed(lead, points, previous, 0.5) == pytest.approx((50.0 - 49.0) / 0.5)
+    assert closing_speed(lead, points, None, 0.5) == 0.0  # first scan of an episode
+    assert closing_speed(None, points, previous, 0.5) == 0.0  # no lead
+    # Receding: the rear was at 48 m.
+    assert closing_speed(lead, points, previous - [2.0, 0.0], 0.5) == pytest.approx(-2.0)
 
 
 def test_wrapper_replaces_the_ranges_by_the_gaps() -> None:
