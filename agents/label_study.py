@@ -10,6 +10,7 @@ input or a learning problem::
 
     python -m agents.label_study runs/bc/bc_dataset.npz            # Markdown table
     python -m agents.label_study runs/bc/bc_dataset.npz --json out.json
+    python -m agents.label_study runs/bc/bc_dataset.npz --embedding-l2 0.3
 
 Cells: held-out accuracy, negative log-likelihood and the recall of each speed label
 (the share of the expert's ``faster`` / ``slower`` / ``stop`` decisions the fit repeats).
@@ -55,6 +56,9 @@ class FitSettings:
         learning_rate: Adam learning rate.
         folds: Cross-validation folds, split by episode.
         seed: Seed of the fold split, the initialisation and the minibatch order.
+        embedding_l2: If > 0, :func:`run_study` adds a row that fits the policy inputs
+            as ``bc.embedding_l2`` does: the first layer's weights on the embedding start
+            at zero and pay this L2 penalty.
     """
 
     hidden: tuple[int, ...] = (256, 256)
@@ -63,6 +67,7 @@ class FitSettings:
     learning_rate: float = 1e-3
     folds: int = 4
     seed: int = 0
+    embedding_l2: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -171,8 +176,12 @@ def _folds(x: Array, episodes: NDArray[np.generic], order: NDArray[np.generic],
 
 
 def cross_validate(x: Array, labels: NDArray[np.generic], episodes: NDArray[np.generic],
-                   settings: FitSettings = FitSettings()) -> tuple[float, float, dict[str, float]]:
+                   settings: FitSettings = FitSettings(), penalised: slice | None = None
+                   ) -> tuple[float, float, dict[str, float]]:
     """Fit on all but one fold of episodes, score the held-out fold; mean over folds.
+
+    ``penalised`` columns (the embedding) get first-layer weights that start at zero and
+    pay ``settings.embedding_l2`` times their squared sum, as in ``bc.embedding_l2``.
 
     Returns:
         Accuracy, negative log-likelihood [nats] and the recall of each of
@@ -186,7 +195,18 @@ def cross_validate(x: Array, labels: NDArray[np.generic], episodes: NDArray[np.g
     scores: list[list[float]] = []
     for f, held, xs in _folds(x, episodes, order, settings):
         net = _mlp(x.shape[1], num_classes, settings, seed=settings.seed + f)
-        _fit(net, xs[~held], yt[~held], settings, rng)
+        loss_fn = torch.nn.functional.cross_entropy
+        if penalised is not None:
+            first = net[0]
+            assert isinstance(first, torch.nn.Linear)
+            with torch.no_grad():
+                first.weight[:, penalised] = 0.0
+
+            def loss_fn(out: torch.Tensor, target: torch.Tensor,
+                        w: torch.Tensor = first.weight) -> torch.Tensor:
+                return (torch.nn.functional.cross_entropy(out, target)
+                        + settings.embedding_l2 * w[:, penalised].pow(2).sum())
+        _fit(net, xs[~held], yt[~held], settings, rng, loss_fn)
         with torch.no_grad():
             logits = net(xs[held])
         pred = logits.argmax(1).numpy()
@@ -252,14 +272,42 @@ def reason_r2(data: Mapping[str, NDArray[np.generic]], settings: FitSettings = F
     return out
 
 
+def embedding_columns(data: Mapping[str, NDArray[np.generic]]) -> slice | None:
+    """Where the embedding sits in :func:`policy_inputs` (``None`` if the data has none)."""
+    obs, _ = policy_inputs(data)
+    rows, start = len(data["label"]), 0
+    for k in obs:
+        width = int(data[k].reshape(rows, -1).shape[1])
+        if k == "embedding":
+            return slice(start, start + width)
+        start += width
+    return None
+
+
 def run_study(data: Mapping[str, NDArray[np.generic]], settings: FitSettings = FitSettings(),
               progress: Callable[[str], None] | None = None) -> list[StudyRow]:
-    """Cross-validate every input set of :func:`input_sets`."""
+    """Cross-validate every input set of :func:`input_sets`; where the policy saw an
+    embedding beside other inputs, also the policy inputs without it and (with
+    ``settings.embedding_l2``) with its weights penalised."""
+    jobs: list[tuple[str, Array, slice | None]] = [
+        (name, x, None) for name, x in input_sets(data).items()]
+    cols = embedding_columns(data)
+    obs, policy = policy_inputs(data)
+    if cols is not None and len(obs) > 1:
+        at = 1 + next(i for i, job in enumerate(jobs) if job[0].startswith("policy inputs ("))
+        extra: list[tuple[str, Array, slice | None]] = [(
+            "policy inputs without the embedding",
+            np.delete(policy, np.arange(cols.start, cols.stop), axis=1), None)]
+        if settings.embedding_l2 > 0.0:
+            extra.append((f"policy inputs, embedding L2 {settings.embedding_l2:g}", policy,
+                          cols))
+        jobs[at:at] = extra
     rows = []
-    for name, x in input_sets(data).items():
+    for name, x, penalised in jobs:
         if progress is not None:
             progress(name)
-        acc, nll, recall = cross_validate(x, data["label"], data["episode"], settings)
+        acc, nll, recall = cross_validate(x, data["label"], data["episode"], settings,
+                                          penalised)
         rows.append(StudyRow(name, int(x.shape[1]), acc, nll, recall))
     return rows
 
@@ -292,16 +340,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--folds", type=int, default=FitSettings.folds)
     parser.add_argument("--epochs", type=int, default=FitSettings.epochs)
+    parser.add_argument("--embedding-l2", type=float, default=0.0,
+                        help="add a row with the embedding's weights penalised (bc.embedding_l2)")
     args = parser.parse_args(argv)
-    if args.folds < 2 or args.epochs < 1:
-        print("error: --folds must be >= 2 and --epochs >= 1", file=sys.stderr)
+    if args.folds < 2 or args.epochs < 1 or args.embedding_l2 < 0:
+        print("error: --folds must be >= 2, --epochs >= 1 and --embedding-l2 >= 0",
+              file=sys.stderr)
         return 2
     try:
         data = load_dataset(args.dataset)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    settings = FitSettings(folds=args.folds, epochs=args.epochs)
+    settings = FitSettings(folds=args.folds, epochs=args.epochs, embedding_l2=args.embedding_l2)
     rows = run_study(data, settings, progress=lambda n: print(f"fitting: {n}", file=sys.stderr))
     print("fitting: the expert's reasons from the policy inputs", file=sys.stderr)
     r2 = reason_r2(data, settings)

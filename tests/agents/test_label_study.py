@@ -16,6 +16,7 @@ from agents.label_study import (
     load_dataset,
     main,
     reason_r2,
+    run_study,
 )
 from planning.action_modes import MetaAction
 
@@ -53,6 +54,34 @@ def test_the_gap_explains_braking_and_noise_does_not(tmp_path: Path) -> None:
     assert np.isnan(seeing["stop"])  # never a label here
 
 
+def test_the_embedding_rows_drop_or_penalise_it(tmp_path: Path) -> None:
+    # The label follows the target speed in `decision`; 64 noise embedding features let
+    # the plain fit memorise. Without the embedding, or with its weights penalised, the
+    # held-out likelihood is better.
+    rng = np.random.default_rng(1)
+    episodes, length = 16, 40
+    rows = episodes * length
+    target = rng.uniform(10.0, 30.0, rows)
+    path = tmp_path / "d.npz"
+    np.savez(path, embedding=rng.normal(size=(rows, 64)).astype(np.float32),
+             decision=np.column_stack([target, rng.normal(size=(rows, 2))]).astype(np.float32),
+             label=np.where(target < 20.0, MetaAction.SLOWER, MetaAction.KEEP_LANE),
+             episode=np.repeat(np.arange(episodes), length),
+             expert_reasons=np.tile([20.0, 50.0, 20.0, 25.0], (rows, 1)))
+    settings = FitSettings(hidden=(64,), epochs=30, batch_size=32, learning_rate=3e-3,
+                           embedding_l2=0.3)
+    out = {r.inputs: r for r in run_study(load_dataset(path), settings)}
+    names = list(out)
+    plain = names[names.index("policy inputs (decision, embedding)")]
+    assert names[names.index(plain) + 1:names.index(plain) + 3] == [
+        "policy inputs without the embedding", "policy inputs, embedding L2 0.3"]
+    assert out["policy inputs without the embedding"].features == 3
+    assert out["policy inputs, embedding L2 0.3"].features == 67
+    assert out["policy inputs, embedding L2 0.3"].nll < out[plain].nll
+    assert out["policy inputs without the embedding"].nll < out[plain].nll
+    assert out["policy inputs, embedding L2 0.3"].accuracy > 0.9
+
+
 def test_reason_r2_finds_a_reason_the_inputs_carry(tmp_path: Path) -> None:
     # The policy's `measurements` hold the ego speed; the gap is independent noise to it.
     path = synthetic_dataset(tmp_path / "d.npz")
@@ -76,7 +105,7 @@ def test_the_command_prints_a_table_and_rejects_bad_files(
     assert "labels: keep_lane" in out
     result = json.loads((tmp_path / "rows.json").read_text())
     rows = result["rows"]
-    assert len(rows) == 6 and {"inputs", "accuracy", "nll", "recall"} <= set(rows[0])
+    assert len(rows) == 7 and {"inputs", "accuracy", "nll", "recall"} <= set(rows[0])
     assert set(result["reason_r2"]) == {"gap_m", "closing_speed_mps", "desired_speed_mps"}
     assert "Held-out R^2 of the expert's reasons" in out
     assert main([str(tmp_path / "missing.npz")]) == 2
@@ -85,6 +114,8 @@ def test_the_command_prints_a_table_and_rejects_bad_files(
     assert main([str(tmp_path / "other.npz")]) == 2
     assert "missing ['label', 'episode', 'expert_reasons']" in capsys.readouterr().err
     assert main([str(path), "--folds", "1"]) == 2
+    assert main([str(path), "--embedding-l2", "-1"]) == 2
+    assert "--embedding-l2 >= 0" in capsys.readouterr().err
 
 
 def test_continuous_labels_unwritable_output_and_unexplained_rows(
