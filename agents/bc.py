@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from agents.config import TrainConfig
 from agents.embedding_history import EpisodeHistory, stacked_space
+from agents.embedding_penalty import embedding_weights, zero_embedding_weights
 from agents.env_factory import VECTOR_KEYS, build_env, env_overrides
 from agents.extractors import extractor_kwargs, policy_input
 from agents.saving import normalize_obs, save_agent
@@ -180,35 +181,6 @@ class EpisodeSplit:
     def is_val(self) -> np.ndarray:
         """Boolean per recorded row: True for the validation rows."""
         return np.asarray(self.rows, bool)
-
-
-def embedding_columns(policy: MultiInputActorCriticPolicy) -> slice:
-    """The columns of the policy's features that hold the ``embedding`` observation.
-
-    SB3's ``CombinedExtractor`` flattens the observation keys and concatenates them in
-    the space's order.
-    """
-    start = 0
-    for key, subspace in policy.observation_space.spaces.items():  # type: ignore[attr-defined]
-        width = int(np.prod(subspace.shape))
-        if key == "embedding":
-            return slice(start, start + width)
-        start += width
-    raise ValueError("the policy has no 'embedding' input (bc.embedding_l2 needs obs 'frozen')")
-
-
-def embedding_weights(policy: MultiInputActorCriticPolicy) -> torch.Tensor:
-    """The actor's first-layer weights that read the embedding ``(hidden, embed_dim)``
-    (a view: writing to it changes the policy)."""
-    first = policy.mlp_extractor.policy_net[0]
-    assert isinstance(first, torch.nn.Linear)
-    return first.weight[:, embedding_columns(policy)]
-
-
-def zero_embedding_weights(policy: MultiInputActorCriticPolicy) -> None:
-    """Start the actor blind to the embedding (its first-layer weights on it set to 0)."""
-    with torch.no_grad():
-        embedding_weights(policy).zero_()
 
 
 def fit(policy: MultiInputActorCriticPolicy, data: list[dict[str, np.ndarray]],

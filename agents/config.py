@@ -36,7 +36,9 @@ class PPOConfig:
     ``privileged_critic``: the critic also reads the privileged ``state`` vector (the
     envs turn ``sensors.state`` on); the actor never sees it and the saved agent drives
     without it (asymmetric actor-critic, :mod:`agents.privileged_critic`; ``frozen``
-    observation path only).
+    observation path only). ``embedding_l2``: ``frozen`` path: L2 penalty on the actor's
+    first-layer weights that read the embedding, as ``bc.embedding_l2`` (a fresh policy
+    starts with them at zero; :mod:`agents.embedding_penalty`).
     """
 
     n_steps: int = 128
@@ -53,9 +55,12 @@ class PPOConfig:
     value_warmup_steps: int = 0
     target_kl: float | None = None
     privileged_critic: bool = False
+    embedding_l2: float = 0.0
 
     def __post_init__(self) -> None:
         require(self.value_warmup_steps >= 0, "ppo.value_warmup_steps must be >= 0")
+        require(self.embedding_l2 >= 0.0,
+                f"ppo.embedding_l2 must be >= 0, got {self.embedding_l2}")
         require(self.target_kl is None or self.target_kl > 0, "ppo.target_kl must be > 0 or null")
         require(self.n_steps >= 2 and self.batch_size >= 2, "ppo.n_steps and ppo.batch_size "
                 "must be >= 2")
@@ -258,9 +263,10 @@ class TrainConfig:
                               f"per meta-action ({', '.join(a.name.lower() for a in MetaAction)}"
                               f"), got {len(self.bc.action_weights)} for "
                               f"'{self.action_mode}'")
-        if self.bc.embedding_l2 > 0.0 and self.obs != "frozen":
-            raise ConfigError(f"bc.embedding_l2 penalises the frozen path's embedding "
-                              f"weights; obs '{self.obs}' has none (use obs 'frozen')")
+        for name, l2 in (("bc", self.bc.embedding_l2), ("ppo", self.ppo.embedding_l2)):
+            if l2 > 0.0 and self.obs != "frozen":
+                raise ConfigError(f"{name}.embedding_l2 penalises the frozen path's embedding "
+                                  f"weights; obs '{self.obs}' has none (use obs 'frozen')")
         if self.lane_gaps and apply_overrides({}, self.env_overrides).get(
                 "sensors", {}).get("lidar") is not True:
             raise ConfigError("lane_gaps needs the lidar: add sensors.lidar=true to "

@@ -43,6 +43,7 @@ from stable_baselines3.common.vec_env import (
 
 from agents.config import TrainConfig
 from agents.embedding_history import EmbeddingHistoryVecEnv
+from agents.embedding_penalty import add_embedding_l2_gradient, zero_embedding_weights
 from agents.env_factory import VECTOR_KEYS, env_fns
 from agents.extractors import extractor_kwargs
 from agents.privileged_critic import PRIVILEGED_KEY, PrivilegedCriticPolicy
@@ -445,6 +446,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = True,
             venv.seed(cfg.seed)
             if cfg.init_from:
                 initialise_from(model, venv, Path(cfg.init_from), cfg)
+            elif cfg.algo == "ppo" and cfg.ppo.embedding_l2 > 0.0:
+                zero_embedding_weights(model.policy)
+        if cfg.algo == "ppo" and cfg.ppo.embedding_l2 > 0.0:
+            add_embedding_l2_gradient(model.policy, cfg.ppo.embedding_l2)
         remaining = max(cfg.total_timesteps - done, 0)
         budget = TimeBudgetCallback(cfg.max_minutes)
         callbacks = CallbackList([DrivingMetricsCallback(),

@@ -11,16 +11,13 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 
-from agents.bc import (
-    EpisodeSplit,
+from agents.bc import EpisodeSplit, fit, label_counts, normalization_stats
+from agents.config import load_train_config
+from agents.embedding_penalty import (
     embedding_columns,
     embedding_weights,
-    fit,
-    label_counts,
-    normalization_stats,
     zero_embedding_weights,
 )
-from agents.config import load_train_config
 from agents.saving import normalize_obs
 from common.config import ConfigError
 

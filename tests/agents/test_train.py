@@ -182,7 +182,7 @@ def test_a_camera_and_lidar_agent_sees_the_ranges_in_training_and_evaluation(
 
 
 def test_a_lane_gaps_agent_measures_them_itself_in_evaluation(tmp_path: Path) -> None:
-    from agents.bc import embedding_weights
+    from agents.embedding_penalty import embedding_weights
     from planning.lane_gaps import FEATURES, LaneGaps
 
     enc = save_encoder(tmp_path / "enc", build_encoder("nature_cnn"),
@@ -199,8 +199,8 @@ def test_a_lane_gaps_agent_measures_them_itself_in_evaluation(tmp_path: Path) ->
     # With bc.embedding_l2 the actor starts blind to the embedding, and one small fit
     # barely moves it off zero; the lane gaps' columns keep their initial weights.
     policy = load_agent(result.agent_dir).policy
-    first = policy.mlp_extractor.policy_net[0].weight
-    assert float(embedding_weights(policy).abs().max()) < 0.05 < float(first.abs().max())
+    first = policy.mlp_extractor.policy_net[0].weight.detach()
+    assert float(embedding_weights(policy).detach().abs().max()) < 0.05 < float(first.abs().max())
     # The evaluation env has no wrapper: the agent measures the gaps from its lidar, and
     # they equal what the training wrapper gives on the same episode.
     agent = load_agent(result.agent_dir)
