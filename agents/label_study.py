@@ -195,17 +195,8 @@ def cross_validate(x: Array, labels: NDArray[np.generic], episodes: NDArray[np.g
     scores: list[list[float]] = []
     for f, held, xs in _folds(x, episodes, order, settings):
         net = _mlp(x.shape[1], num_classes, settings, seed=settings.seed + f)
-        loss_fn = torch.nn.functional.cross_entropy
-        if penalised is not None:
-            first = net[0]
-            assert isinstance(first, torch.nn.Linear)
-            with torch.no_grad():
-                first.weight[:, penalised] = 0.0
-
-            def loss_fn(out: torch.Tensor, target: torch.Tensor,
-                        w: torch.Tensor = first.weight) -> torch.Tensor:
-                return (torch.nn.functional.cross_entropy(out, target)
-                        + settings.embedding_l2 * w[:, penalised].pow(2).sum())
+        loss_fn = (torch.nn.functional.cross_entropy if penalised is None
+                   else _penalised_cross_entropy(net, penalised, settings.embedding_l2))
         _fit(net, xs[~held], yt[~held], settings, rng, loss_fn)
         with torch.no_grad():
             logits = net(xs[held])
@@ -221,6 +212,21 @@ def cross_validate(x: Array, labels: NDArray[np.generic], episodes: NDArray[np.g
     recall_out = {c.name.lower(): float(v) for c, v in zip(RECALL_LABELS, mean_scores[2:],
                                                             strict=True)}
     return float(mean_scores[0]), float(mean_scores[1]), recall_out
+
+
+def _penalised_cross_entropy(net: torch.nn.Module, columns: slice, l2: float
+                             ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Zero the first layer's weights on ``columns`` and return the cross-entropy plus
+    ``l2`` times their squared sum (``bc.embedding_l2``'s loss)."""
+    first = next(m for m in net.modules() if isinstance(m, torch.nn.Linear))
+    with torch.no_grad():
+        first.weight[:, columns] = 0.0
+
+    def loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (torch.nn.functional.cross_entropy(out, target)
+                + l2 * first.weight[:, columns].pow(2).sum())
+
+    return loss
 
 
 def _mlp(inputs: int, outputs: int, settings: FitSettings, seed: int) -> torch.nn.Module:

@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import (
     DummyVecEnv,
@@ -447,8 +448,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = True,
             if cfg.init_from:
                 initialise_from(model, venv, Path(cfg.init_from), cfg)
             elif cfg.algo == "ppo" and cfg.ppo.embedding_l2 > 0.0:
+                assert isinstance(model.policy, ActorCriticPolicy)
                 zero_embedding_weights(model.policy)
         if cfg.algo == "ppo" and cfg.ppo.embedding_l2 > 0.0:
+            assert isinstance(model.policy, ActorCriticPolicy)
             add_embedding_l2_gradient(model.policy, cfg.ppo.embedding_l2)
         remaining = max(cfg.total_timesteps - done, 0)
         budget = TimeBudgetCallback(cfg.max_minutes)
