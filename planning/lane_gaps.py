@@ -44,8 +44,9 @@ FEATURES = ("ahead_m", "closing_mps", "left_ahead_m", "left_behind_m", "right_ah
 #: Closing speeds are clipped to +-this [m/s]; it also bounds how far the lead may have
 #: moved, relative to the ego, since the previous decision when it is matched.
 MAX_CLOSING_MPS = 25.0
-#: How far sideways (ego frame) the lead's return may have moved since the previous
-#: decision and still be the same car [m] (a lane change moves it about 0.4 m in 0.3 s).
+#: Half-width of the band of returns taken as the lead, now and at the previous decision
+#: (ego frame) [m]: a car's half-width plus the sideways motion of a lane change in one
+#: decision (about 0.4 m in 0.3 s).
 TRACK_LATERAL_GATE_M = 1.5
 #: A car's length, the reach of the lead's returns beyond its nearest one [m].
 CAR_LENGTH_M = 4.5
@@ -140,7 +141,8 @@ def closing_speed(lead: NDArray[np.float64] | None, points: NDArray[np.float64],
     """How fast the lead comes nearer, from this scan and the previous one [m/s].
 
     The lead's rear is the rearmost return within :data:`TRACK_LATERAL_GATE_M` sideways
-    of its nearest return (and less than a car length beyond it); its rear at the
+    and :data:`CAR_LENGTH_M` along of its nearest return (nearest along the lane, which
+    on a curve need not be the rearmost in the ego frame); its rear at the
     previous scan is the rearmost previous return within the same lateral band and
     ``MAX_CLOSING_MPS * period_s`` along. Both are in the ego frame, so the change is
     the lead's motion relative to the ego. Taking the rearmost return of a band on both
