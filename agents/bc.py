@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from agents.config import TrainConfig
 from agents.embedding_history import EpisodeHistory, stacked_space
-from agents.embedding_penalty import embedding_weights, zero_embedding_weights
+from agents.embedding_penalty import add_embedding_l2_gradient, zero_embedding_weights
 from agents.env_factory import VECTOR_KEYS, build_env, env_overrides
 from agents.extractors import extractor_kwargs, policy_input
 from agents.saving import normalize_obs, save_agent
@@ -204,6 +204,9 @@ def fit(policy: MultiInputActorCriticPolicy, data: list[dict[str, np.ndarray]],
     row_weight = (torch.as_tensor(cfg.bc.action_weights, dtype=torch.float32,
                                   device=device)[target.long()]
                   if cfg.bc.action_weights else torch.ones(len(target), device=device))
+    # bc.embedding_l2: the same gradient hook PPO uses, for this fit only.
+    penalty = (add_embedding_l2_gradient(policy, cfg.bc.embedding_l2)
+               if cfg.bc.embedding_l2 > 0.0 else None)
     best_val, best_state, stale = math.inf, None, 0
     last, epochs = float("nan"), 0
     for epochs in range(1, cfg.bc.epochs + 1):  # noqa: B007 (reported after the loop)
@@ -214,15 +217,12 @@ def fit(policy: MultiInputActorCriticPolicy, data: list[dict[str, np.ndarray]],
             idx = order[start:start + cfg.bc.batch_size]
             batch = {k: v[idx] for k, v in tensors.items()}
             _, log_prob, _ = policy.evaluate_actions(batch, target[idx])
-            nll = -(row_weight[idx] * log_prob).sum() / row_weight[idx].sum()
-            loss = nll
-            if cfg.bc.embedding_l2 > 0.0:
-                loss = nll + cfg.bc.embedding_l2 * embedding_weights(policy).pow(2).sum()
+            loss = -(row_weight[idx] * log_prob).sum() / row_weight[idx].sum()
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
             optimizer.step()
-            losses.append(float(nll.detach()))
+            losses.append(float(loss.detach()))
         last = float(np.mean(losses))
         if len(val_idx) == 0:
             continue
@@ -238,6 +238,8 @@ def fit(policy: MultiInputActorCriticPolicy, data: list[dict[str, np.ndarray]],
             stale += 1
             if stale >= cfg.bc.patience:
                 break
+    if penalty is not None:
+        penalty.remove()
     if best_state is not None:
         policy.load_state_dict(best_state)
     policy.set_training_mode(False)

@@ -447,11 +447,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = True,
             venv.seed(cfg.seed)
             if cfg.init_from:
                 initialise_from(model, venv, Path(cfg.init_from), cfg)
-            elif cfg.algo == "ppo" and cfg.ppo.embedding_l2 > 0.0:
-                assert isinstance(model.policy, ActorCriticPolicy)
-                zero_embedding_weights(model.policy)
         if cfg.algo == "ppo" and cfg.ppo.embedding_l2 > 0.0:
             assert isinstance(model.policy, ActorCriticPolicy)
+            if done == 0 and not cfg.init_from:  # a fresh actor starts blind to it
+                zero_embedding_weights(model.policy)
             add_embedding_l2_gradient(model.policy, cfg.ppo.embedding_l2)
         remaining = max(cfg.total_timesteps - done, 0)
         budget = TimeBudgetCallback(cfg.max_minutes)
