@@ -8,6 +8,8 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
+from numpy.typing import NDArray
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from stable_baselines3.common.policies import MultiInputActorCriticPolicy
@@ -157,12 +159,23 @@ class TrainedPolicy:
 
     def act(self, obs: dict[str, np.ndarray], env: gym.Env[Any, Any] | None = None) -> Any:
         """The deterministic action for one observation."""
+        return self.decide(obs, env)[0]
+
+    def decide(self, obs: dict[str, np.ndarray], env: gym.Env[Any, Any] | None = None
+               ) -> tuple[Any, NDArray[np.float32] | None]:
+        """:meth:`act`'s action and, for a discrete action space, the policy's
+        probability of each action (its argmax is the action); ``None`` otherwise.
+        One call is one decision (lane gaps and the history advance once)."""
         obs = self._with_lane_gaps(obs, env)
-        action, _ = self.policy.predict(self.observation(obs), deterministic=True)
-        action = np.asarray(action)[0]
+        batch = self.observation(obs)
         if isinstance(self.action_space, gym.spaces.Discrete):
-            return int(action)
-        return action.astype(np.float32)
+            with torch.no_grad():
+                tensor, _ = self.policy.obs_to_tensor(batch)
+                dist = self.policy.get_distribution(tensor).distribution
+                probs = dist.probs[0].float().cpu().numpy()
+            return int(probs.argmax()), probs
+        action, _ = self.policy.predict(batch, deterministic=True)
+        return np.asarray(action)[0].astype(np.float32), None
 
 
 def load_agent(path: str | Path, device: str = "cpu") -> TrainedPolicy:
