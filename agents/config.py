@@ -38,7 +38,9 @@ class PPOConfig:
     without it (asymmetric actor-critic, :mod:`agents.privileged_critic`; ``frozen``
     observation path only). ``embedding_l2``: ``frozen`` path: L2 penalty on the actor's
     first-layer weights that read the embedding, as ``bc.embedding_l2`` (a fresh policy
-    starts with them at zero; :mod:`agents.embedding_penalty`).
+    starts with them at zero; :mod:`agents.embedding_penalty`). ``anneal_lr``: the
+    learning rate falls linearly from ``learning_rate`` to 0 at ``total_timesteps``
+    (CleanRL's ``anneal_lr``), so that late updates cannot undo what early ones learned.
     """
 
     n_steps: int = 128
@@ -56,6 +58,7 @@ class PPOConfig:
     target_kl: float | None = None
     privileged_critic: bool = False
     embedding_l2: float = 0.0
+    anneal_lr: bool = False
 
     def __post_init__(self) -> None:
         require(self.value_warmup_steps >= 0, "ppo.value_warmup_steps must be >= 0")

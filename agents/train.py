@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,21 @@ class FrozenRunningMeanStd(RunningMeanStd):
         """Do nothing: the statistics stay as loaded."""
 
 
+def annealed_learning_rate(model: BaseAlgorithm, learning_rate: float, total_timesteps: int
+                           ) -> Callable[[float], float]:
+    """``ppo.anneal_lr``'s schedule: ``learning_rate * (1 - decisions / total_timesteps)``.
+
+    SB3's own progress restarts with each ``learn`` call (the value warm-up is one), so
+    the schedule reads the model's decision count against the whole run instead; a
+    resumed run continues on the same line.
+    """
+
+    def schedule(_progress_remaining: float) -> float:
+        return learning_rate * max(1.0 - model.num_timesteps / total_timesteps, 0.0)
+
+    return schedule
+
+
 def build_model(cfg: TrainConfig, venv: VecEnv, device: torch.device, tb_dir: Path
                 ) -> BaseAlgorithm:
     """A fresh PPO or SAC model for the run."""
@@ -129,12 +145,16 @@ def build_model(cfg: TrainConfig, venv: VecEnv, device: torch.device, tb_dir: Pa
         if p.privileged_critic:  # its own extractor; the critic as wide as the actor
             policy = PrivilegedCriticPolicy
             kwargs = {"net_arch": list(p.net_arch), "critic_arch": list(p.net_arch)}
-        return PPO(policy, venv, n_steps=p.n_steps, batch_size=p.batch_size,
-                   n_epochs=p.n_epochs, learning_rate=p.learning_rate, gamma=p.gamma,
-                   gae_lambda=p.gae_lambda, clip_range=p.clip_range, ent_coef=p.ent_coef,
-                   vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm, target_kl=p.target_kl,
-                   policy_kwargs=kwargs,
-                   tensorboard_log=str(tb_dir), seed=cfg.seed, device=device, verbose=0)
+        model = PPO(policy, venv, n_steps=p.n_steps, batch_size=p.batch_size,
+                    n_epochs=p.n_epochs, learning_rate=p.learning_rate, gamma=p.gamma,
+                    gae_lambda=p.gae_lambda, clip_range=p.clip_range, ent_coef=p.ent_coef,
+                    vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm, target_kl=p.target_kl,
+                    policy_kwargs=kwargs,
+                    tensorboard_log=str(tb_dir), seed=cfg.seed, device=device, verbose=0)
+        if p.anneal_lr:
+            model.lr_schedule = annealed_learning_rate(model, p.learning_rate,
+                                                       cfg.total_timesteps)
+        return model
     s = cfg.sac
     return SAC("MultiInputPolicy", venv, buffer_size=s.buffer_size,
                learning_starts=s.learning_starts, batch_size=s.batch_size,

@@ -61,6 +61,34 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path: Path) -
         train(other, tmp_path / "b", resume=True, progress=False)
 
 
+def test_anneal_lr_falls_linearly_over_the_whole_run(tmp_path: Path) -> None:
+    import torch
+    from stable_baselines3.common.logger import configure
+
+    from agents.train import build_model, build_vec_env
+
+    cfg = load_train_config(overrides=[*TINY, "total_timesteps=48", "ppo.anneal_lr=true",
+                                       "ppo.learning_rate=0.001"])
+    venv = build_vec_env(cfg, torch.device("cpu"))
+    try:
+        model = build_model(cfg, venv, torch.device("cpu"), tmp_path / "tb")
+        # Whatever progress SB3 passes (it restarts with each learn call), the rate
+        # follows the run's decision count: 0.001 at 0, 0.00075 at 12, 0 at the end.
+        for done, rate in ((0, 1e-3), (12, 7.5e-4), (48, 0.0), (60, 0.0)):
+            model.num_timesteps = done
+            assert model.lr_schedule(1.0) == pytest.approx(rate)
+        model.num_timesteps = 12
+        model.set_logger(configure(None, []))
+        model._update_learning_rate(model.policy.optimizer)
+        assert model.policy.optimizer.param_groups[0]["lr"] == pytest.approx(7.5e-4)
+        constant = build_model(load_train_config(overrides=[*TINY, "ppo.learning_rate=0.001"]),
+                               venv, torch.device("cpu"), tmp_path / "tb")
+        constant.num_timesteps = 12
+        assert constant.lr_schedule(0.5) == pytest.approx(1e-3)
+    finally:
+        venv.close()
+
+
 def test_trained_agent_loads_by_path_and_checks_its_files(tmp_path: Path) -> None:
     enc_dir = save_encoder(tmp_path / "enc", build_encoder("nature_cnn"),
                            EncoderConfig("nature_cnn"))
