@@ -109,7 +109,7 @@ def trace_episode(agent: AgentSpec | str, suite: SuiteConfig | str, seed: int,
                 action, probs = policy.act(obs, env), None
             expert_action = expert.act(obs, env)
             plan = expert.last_plan
-            free = plan is None or plan.gap_m >= FREE_ROAD_GAP_M
+            lead = None if plan is None or plan.gap_m >= FREE_ROAD_GAP_M else plan
             speed = float(driving.state.speed_mps)
             sensor = getattr(policy, "lane_gaps", None)
             gaps = None if sensor is None or sensor.last is None else sensor.last
@@ -120,9 +120,8 @@ def trace_episode(agent: AgentSpec | str, suite: SuiteConfig | str, seed: int,
                 probabilities=None if probs is None else [float(p) for p in probs],
                 expert_action=_plain(expert_action), speed_mps=speed,
                 lane_gaps=None if gaps is None else [float(g) for g in gaps],
-                expert_gap_m=None if free or plan is None else float(plan.gap_m),
-                expert_closing_mps=None if free or plan is None
-                else speed - float(plan.lead_speed_mps),
+                expert_gap_m=None if lead is None else float(lead.gap_m),
+                expert_closing_mps=None if lead is None else speed - float(lead.lead_speed_mps),
                 events=list(info.get("events", []))))
             done = bool(terminated or truncated)
     finally:
