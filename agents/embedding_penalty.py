@@ -57,21 +57,28 @@ def zero_embedding_weights(policy: ActorCriticPolicy) -> None:
         embedding_weights(policy).zero_()
 
 
-def add_embedding_l2_gradient(policy: ActorCriticPolicy, l2: float
-                              ) -> torch.utils.hooks.RemovableHandle:
-    """Make every backward pass add the gradient of ``l2 * ||embedding weights||^2``.
+def add_column_l2_gradient(layer: torch.nn.Linear, columns: slice, l2: float
+                           ) -> torch.utils.hooks.RemovableHandle:
+    """Make every backward pass add the gradient of ``l2 * ||layer.weight[:, columns]||^2``.
 
-    For algorithms whose loss we do not write (SB3's PPO): a gradient hook on the first
-    layer's weight, applied before SB3 clips the gradient norm, as a loss term would be.
+    For losses we do not write (SB3's PPO): a gradient hook on the layer's weight,
+    applied before the gradient norm is clipped, as a loss term would be.
 
     Returns:
         The hook's handle (``remove()`` undoes it).
     """
-    weight = first_actor_layer(policy).weight
+    weight = layer.weight
     mask = torch.zeros_like(weight)
-    mask[:, embedding_columns(policy)] = 1.0
+    mask[:, columns] = 1.0
 
     def hook(grad: torch.Tensor) -> torch.Tensor:
         return grad + 2.0 * l2 * weight.detach() * mask
 
     return weight.register_hook(hook)
+
+
+def add_embedding_l2_gradient(policy: ActorCriticPolicy, l2: float
+                              ) -> torch.utils.hooks.RemovableHandle:
+    """:func:`add_column_l2_gradient` on the actor's first-layer weights that read the
+    embedding (``bc.embedding_l2`` / ``ppo.embedding_l2``)."""
+    return add_column_l2_gradient(first_actor_layer(policy), embedding_columns(policy), l2)

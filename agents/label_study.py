@@ -31,6 +31,7 @@ import torch
 from numpy.typing import NDArray
 
 from agents.bc import REASON_COLUMNS, label_counts
+from agents.embedding_penalty import add_column_l2_gradient
 from common.io import write_json_or_report
 from perception.probes import r2_score
 from planning.action_modes import MetaAction
@@ -195,9 +196,13 @@ def cross_validate(x: Array, labels: NDArray[np.generic], episodes: NDArray[np.g
     scores: list[list[float]] = []
     for f, held, xs in _folds(x, episodes, order, settings):
         net = _mlp(x.shape[1], num_classes, settings, seed=settings.seed + f)
-        loss_fn = (torch.nn.functional.cross_entropy if penalised is None
-                   else _penalised_cross_entropy(net, penalised, settings.embedding_l2))
-        _fit(net, xs[~held], yt[~held], settings, rng, loss_fn)
+        if penalised is not None:  # bc.embedding_l2's start and gradient
+            first = net[0]
+            assert isinstance(first, torch.nn.Linear)
+            with torch.no_grad():
+                first.weight[:, penalised] = 0.0
+            add_column_l2_gradient(first, penalised, settings.embedding_l2)
+        _fit(net, xs[~held], yt[~held], settings, rng)
         with torch.no_grad():
             logits = net(xs[held])
         pred = logits.argmax(1).numpy()
@@ -214,22 +219,7 @@ def cross_validate(x: Array, labels: NDArray[np.generic], episodes: NDArray[np.g
     return float(mean_scores[0]), float(mean_scores[1]), recall_out
 
 
-def _penalised_cross_entropy(net: torch.nn.Module, columns: slice, l2: float
-                             ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Zero the first layer's weights on ``columns`` and return the cross-entropy plus
-    ``l2`` times their squared sum (``bc.embedding_l2``'s loss)."""
-    first = next(m for m in net.modules() if isinstance(m, torch.nn.Linear))
-    with torch.no_grad():
-        first.weight[:, columns] = 0.0
-
-    def loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return (torch.nn.functional.cross_entropy(out, target)
-                + l2 * first.weight[:, columns].pow(2).sum())
-
-    return loss
-
-
-def _mlp(inputs: int, outputs: int, settings: FitSettings, seed: int) -> torch.nn.Module:
+def _mlp(inputs: int, outputs: int, settings: FitSettings, seed: int) -> torch.nn.Sequential:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         layers: list[torch.nn.Module] = []

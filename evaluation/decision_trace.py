@@ -22,8 +22,7 @@ from typing import Any
 
 import numpy as np
 
-import envs
-from evaluation.runner import AgentSpec, check_action_mode, resolve_agent, run_overrides
+from evaluation.runner import AgentSpec, resolve_agent, run_overrides, start_episode
 from evaluation.suites import SuiteConfig, load_suite
 from planning.action_modes import MetaAction, wrap_action_mode
 from planning.expert import FREE_ROAD_GAP_M
@@ -87,11 +86,7 @@ def trace_episode(agent: AgentSpec | str, suite: SuiteConfig | str, seed: int,
     """
     spec = resolve_agent(agent)
     cfg = suite if isinstance(suite, SuiteConfig) else load_suite(suite, suite_overrides)
-    check_action_mode(spec, cfg)
-    policy = spec(seed)
-    check_action_mode(spec, cfg, policy)
-    bare = envs.make(cfg.env_id, overrides=[*run_overrides(spec, cfg),
-                                            f"action.mode={cfg.action_mode}"])
+    policy, bare = start_episode(spec, cfg, seed, run_overrides(spec, cfg))
     expert = ExpertPolicy()
     decide = getattr(policy, "decide", None)
     out: list[Decision] = []

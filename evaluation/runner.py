@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
+
 import envs
 from common.io import atomic_write_text
 from envs.driving_env import DrivingEnv
@@ -258,6 +260,22 @@ def _drive(env: Any, recorder: RecordingWrapper | None, policy: Policy, seed: in
     return best
 
 
+def start_episode(spec: AgentSpec, suite: SuiteConfig, seed: int,
+                  env_overrides: Sequence[str]) -> tuple[Policy, gym.Env[Any, Any]]:
+    """The agent's policy for ``seed`` and the bare env of one of ``suite``'s episodes
+    (``env_overrides`` from :func:`run_overrides`), after checking the action modes.
+
+    Raises:
+        ValueError: An agent whose action mode is not the suite's, or that cannot load.
+    """
+    check_action_mode(spec, suite)
+    policy = spec(seed)
+    check_action_mode(spec, suite, policy)
+    bare = envs.make(suite.env_id, overrides=[*env_overrides,
+                                              f"action.mode={suite.action_mode}"])
+    return policy, bare
+
+
 def run_episode(agent: AgentSpec | str, suite: SuiteConfig | str, seed: int,
                 out_path: str | Path, record_expert_progress: bool = True, *,
                 options: Mapping[str, Any] | None = None, overrides: Sequence[str] = (),
@@ -288,10 +306,7 @@ def run_episode(agent: AgentSpec | str, suite: SuiteConfig | str, seed: int,
     cfg = _suite(suite)
     out = Path(out_path)
     env_overrides = run_overrides(spec, cfg, overrides)
-    check_action_mode(spec, cfg)
-    policy = spec(seed)
-    check_action_mode(spec, cfg, policy)
-    bare = envs.make(cfg.env_id, overrides=[*env_overrides, f"action.mode={cfg.action_mode}"])
+    policy, bare = start_episode(spec, cfg, seed, env_overrides)
     try:
         recorder = RecordingWrapper(bare)
         env = wrap_action_mode(recorder)
@@ -591,4 +606,5 @@ __all__ = [
     "resolve_agent",
     "run_episode",
     "run_overrides",
+    "start_episode",
 ]
