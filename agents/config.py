@@ -41,6 +41,12 @@ class PPOConfig:
     starts with them at zero; :mod:`agents.embedding_penalty`). ``anneal_lr``: the
     learning rate falls linearly from ``learning_rate`` to 0 at ``total_timesteps``
     (CleanRL's ``anneal_lr``), so that late updates cannot undo what early ones learned.
+    ``expert_coef``: expert-guided PPO (:mod:`agents.guided_ppo`): the envs label every
+    state the learner visits with the privileged expert's action, and each update ends
+    with ``expert_epochs`` passes of behaviour cloning on those labels, the negative
+    log-likelihood scaled by ``expert_coef`` (0, the default: plain PPO).
+    ``expert_action_weights``: ``behavior`` mode: weight of each meta-action's labels in
+    that phase, in ``MetaAction`` order as ``bc.action_weights`` (empty: all 1).
     """
 
     n_steps: int = 128
@@ -59,9 +65,18 @@ class PPOConfig:
     privileged_critic: bool = False
     embedding_l2: float = 0.0
     anneal_lr: bool = False
+    expert_coef: float = 0.0
+    expert_epochs: int = 1
+    expert_action_weights: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         require(self.value_warmup_steps >= 0, "ppo.value_warmup_steps must be >= 0")
+        require(self.expert_coef >= 0.0, f"ppo.expert_coef must be >= 0, got {self.expert_coef}")
+        require(self.expert_epochs >= 1, f"ppo.expert_epochs must be >= 1, got "
+                f"{self.expert_epochs}")
+        require(all(w > 0.0 for w in self.expert_action_weights),
+                f"ppo.expert_action_weights must all be > 0, got "
+                f"{list(self.expert_action_weights)}")
         require(self.embedding_l2 >= 0.0,
                 f"ppo.embedding_l2 must be >= 0, got {self.embedding_l2}")
         require(self.target_kl is None or self.target_kl > 0, "ppo.target_kl must be > 0 or null")
@@ -260,12 +275,12 @@ class TrainConfig:
         if self.algo == "ppo" and self.ppo.privileged_critic and self.obs != "frozen":
             raise ConfigError(f"ppo.privileged_critic works with obs 'frozen' only, not "
                               f"'{self.obs}'")
-        if self.bc.action_weights and (self.action_mode != "behavior"
-                                       or len(self.bc.action_weights) != len(MetaAction)):
-            raise ConfigError(f"bc.action_weights needs action_mode 'behavior' and one weight "
-                              f"per meta-action ({', '.join(a.name.lower() for a in MetaAction)}"
-                              f"), got {len(self.bc.action_weights)} for "
-                              f"'{self.action_mode}'")
+        for name, weights in (("bc.action_weights", self.bc.action_weights),
+                              ("ppo.expert_action_weights", self.ppo.expert_action_weights)):
+            if weights and (self.action_mode != "behavior" or len(weights) != len(MetaAction)):
+                raise ConfigError(f"{name} needs action_mode 'behavior' and one weight per "
+                                  f"meta-action ({', '.join(a.name.lower() for a in MetaAction)}"
+                                  f"), got {len(weights)} for '{self.action_mode}'")
         for name, l2 in (("bc", self.bc.embedding_l2), ("ppo", self.ppo.embedding_l2)):
             if l2 > 0.0 and self.obs != "frozen":
                 raise ConfigError(f"{name}.embedding_l2 penalises the frozen path's embedding "

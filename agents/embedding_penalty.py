@@ -21,7 +21,7 @@ def embedding_columns(policy: ActorCriticPolicy) -> slice:
     """The columns of the actor's features that hold the ``embedding`` observation.
 
     SB3's ``CombinedExtractor`` (and :class:`agents.privileged_critic.ActorKeysExtractor`,
-    which leaves the privileged key out) flatten the observation keys and concatenate
+    which leaves training-only keys out) flatten the observation keys and concatenate
     them in the space's order.
 
     Raises:

@@ -12,6 +12,7 @@ import numpy as np
 from stable_baselines3.common.monitor import Monitor
 
 from agents.config import TRAIN_SEED_RANGE, ShapingConfig, TrainConfig
+from agents.expert_labels import ExpertLabels
 from agents.shaping import TTCPenalty
 from planning.lane_gaps import LaneGaps
 from planning.make import make_env
@@ -103,14 +104,17 @@ def env_overrides(cfg: TrainConfig) -> list[str]:
 
 
 def build_env(env_id: str, action_mode: str, overrides: Sequence[str],
-              shaping: ShapingConfig | None = None, lane_gaps: bool = False
-              ) -> gym.Env[Any, Any]:
-    """One training env: driving env + action mode + lane gaps (when on) + reward shaping
-    (when on) + episode statistics (SB3 ``Monitor``: reward and length in TensorBoard) +
-    train seeds + action log."""
+              shaping: ShapingConfig | None = None, lane_gaps: bool = False,
+              expert_labels: bool = False) -> gym.Env[Any, Any]:
+    """One training env: driving env + action mode + lane gaps (when on) + the expert's
+    action in each observation (when on, for guided PPO) + reward shaping (when on) +
+    episode statistics (SB3 ``Monitor``: reward and length in TensorBoard) + train seeds
+    + action log."""
     env = make_env(env_id, action_mode=action_mode, overrides=list(overrides))
     if lane_gaps:
         env = LaneGaps(env)
+    if expert_labels:
+        env = ExpertLabels(env)
     if shaping is not None and shaping.ttc_weight > 0:
         env = TTCPenalty(env, shaping)
     return ActionLog(TrainSeeds(Monitor(env)))
@@ -118,5 +122,7 @@ def build_env(env_id: str, action_mode: str, overrides: Sequence[str],
 
 def env_fns(cfg: TrainConfig) -> list[Callable[[], gym.Env[Any, Any]]]:
     """Picklable env factories for a vectorised env."""
+    guided = cfg.algo == "ppo" and cfg.ppo.expert_coef > 0.0
     return [functools.partial(build_env, cfg.env_id, cfg.action_mode, env_overrides(cfg),
-                              cfg.shaping, cfg.lane_gaps) for _ in range(cfg.num_envs)]
+                              cfg.shaping, cfg.lane_gaps, guided)
+            for _ in range(cfg.num_envs)]

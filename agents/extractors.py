@@ -1,8 +1,9 @@
-"""stable-baselines3 features extractors for the image observation paths."""
+"""stable-baselines3 features extractors: the image observation paths' encoder, and the
+choice of extractor per observation path."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ from gymnasium import spaces
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import Tensor
 
+from agents.privileged_critic import ActorKeysExtractor
 from perception.augment import random_shift
 from perception.checkpoint import load_encoder
 from perception.encoders import Encoder, build_encoder
@@ -29,10 +31,11 @@ class EncoderExtractor(BaseFeaturesExtractor):
         encoder: Encoder checkpoint directory, or ``None`` for a fresh Nature CNN.
         shift_pad_px: Random-shift padding applied in training mode (0: none) [px].
         seed: Seed of the augmentation generator.
+        exclude: Observation keys to leave out (training-only data).
     """
 
     def __init__(self, observation_space: spaces.Dict, encoder: str | None = None,
-                 shift_pad_px: int = 0, seed: int = 0) -> None:
+                 shift_pad_px: int = 0, seed: int = 0, exclude: Sequence[str] = ()) -> None:
         shape = tuple(observation_space.spaces["camera"].shape or ())
         hw = (int(shape[1]), int(shape[2])) if shape[0] == 3 else (int(shape[0]),
                                                                   int(shape[1]))
@@ -42,7 +45,8 @@ class EncoderExtractor(BaseFeaturesExtractor):
         enc.frozen = False
         for param in enc.parameters():
             param.requires_grad_(True)
-        others = [k for k in sorted(observation_space.spaces) if k != "camera"]
+        others = [k for k in sorted(observation_space.spaces)
+                  if k != "camera" and k not in exclude]
         extra = sum(int(torch.tensor(observation_space.spaces[k].shape).prod()) for k in others)
         super().__init__(observation_space, features_dim=enc.embed_dim + extra)
         self.encoder = enc
@@ -64,15 +68,25 @@ class EncoderExtractor(BaseFeaturesExtractor):
         return f"others={self.others}, shift_pad_px={self.shift_pad_px}"
 
 
-def extractor_kwargs(obs_path: str, encoder: str | None, seed: int) -> dict[str, Any]:
-    """``policy_kwargs`` entries for an observation path (empty: SB3's default)."""
+def extractor_kwargs(obs_path: str, encoder: str | None, seed: int,
+                     hidden: Sequence[str] = ()) -> dict[str, Any]:
+    """``policy_kwargs`` entries for an observation path (empty: SB3's default).
+
+    ``hidden``: observation keys the policy must not read (the expert's labels of guided
+    PPO); the vector paths then use :class:`ActorKeysExtractor`, which lays the other
+    keys out as SB3's default extractor does, with the same (no) weights.
+    """
     if obs_path == "finetune":
         return {"features_extractor_class": EncoderExtractor,
-                "features_extractor_kwargs": {"encoder": encoder, "seed": seed}}
+                "features_extractor_kwargs": {"encoder": encoder, "seed": seed,
+                                              "exclude": tuple(hidden)}}
     if obs_path == "scratch":
         return {"features_extractor_class": EncoderExtractor,
                 "features_extractor_kwargs": {"encoder": None, "shift_pad_px": 4,
-                                              "seed": seed}}
+                                              "seed": seed, "exclude": tuple(hidden)}}
+    if hidden:
+        return {"features_extractor_class": ActorKeysExtractor,
+                "features_extractor_kwargs": {"exclude": tuple(hidden)}}
     return {}
 
 

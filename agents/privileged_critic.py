@@ -62,6 +62,8 @@ class PrivilegedCriticPolicy(MultiInputActorCriticPolicy):
         action_space: The env's action space.
         lr_schedule: SB3 learning-rate schedule.
         critic_arch: Hidden layer sizes of the critic MLP.
+        hidden_keys: More observation keys neither actor nor critic reads (training-only
+            data, such as the expert's labels of guided PPO).
         **kwargs: Passed to ``MultiInputActorCriticPolicy`` (``net_arch`` sizes the
             actor; a features extractor may not be given).
 
@@ -71,13 +73,15 @@ class PrivilegedCriticPolicy(MultiInputActorCriticPolicy):
 
     def __init__(self, observation_space: spaces.Dict, action_space: spaces.Space[Any],
                  lr_schedule: Any, critic_arch: Sequence[int] = (256, 256),
-                 **kwargs: Any) -> None:
+                 hidden_keys: Sequence[str] = (), **kwargs: Any) -> None:
         if PRIVILEGED_KEY not in observation_space.spaces:
             raise ValueError(f"a privileged critic needs the '{PRIVILEGED_KEY}' observation "
                              f"(sensors.state=true); keys: {sorted(observation_space.spaces)}")
         kwargs["features_extractor_class"] = ActorKeysExtractor
-        kwargs["features_extractor_kwargs"] = {"exclude": (PRIVILEGED_KEY,)}
+        excluded = (PRIVILEGED_KEY, *hidden_keys)
+        kwargs["features_extractor_kwargs"] = {"exclude": excluded}
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
+        self.actor_excluded = excluded
         width = self.features_dim + get_flattened_obs_dim(
             observation_space.spaces[PRIVILEGED_KEY])
         layers: list[nn.Module] = []
@@ -134,10 +138,10 @@ class PrivilegedCriticPolicy(MultiInputActorCriticPolicy):
 
     @property
     def actor_observation_space(self) -> spaces.Dict:
-        """The observation space of the deployable policy (no privileged key)."""
+        """The observation space of the deployable policy (no privileged or hidden key)."""
         assert isinstance(self.observation_space, spaces.Dict)
         return spaces.Dict({k: v for k, v in self.observation_space.spaces.items()
-                            if k != PRIVILEGED_KEY})
+                            if k not in self.actor_excluded})
 
 
 __all__ = ["PRIVILEGED_KEY", "ActorKeysExtractor", "PrivilegedCriticPolicy"]

@@ -20,6 +20,7 @@ from gymnasium import spaces
 from safetensors.torch import save_file
 from stable_baselines3.common.vec_env import VecNormalize
 
+from agents.expert_labels import EXPERT_KEY
 from common.config import to_dict
 from common.io import atomic_path, atomic_write_text
 
@@ -145,6 +146,8 @@ def save_agent(directory: str | Path, model: Any, cfg: Any, venv: VecNormalize |
     actor_only = hasattr(policy, "actor_state_dict")
     state = policy.actor_state_dict() if actor_only else policy.state_dict()
     obs_space = policy.actor_observation_space if actor_only else policy.observation_space
+    if isinstance(obs_space, spaces.Dict):  # guided PPO's labels are training-only
+        obs_space = spaces.Dict({k: v for k, v in obs_space.spaces.items() if k != EXPERT_KEY})
     tensors = {k: v.detach().cpu().clone() for k, v in state.items()}
     with atomic_path(out / WEIGHTS_FILE) as tmp:
         save_file(tensors, str(tmp))

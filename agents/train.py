@@ -47,7 +47,9 @@ from agents.config import TrainConfig
 from agents.embedding_history import EmbeddingHistoryVecEnv
 from agents.embedding_penalty import add_embedding_l2_gradient, zero_embedding_weights
 from agents.env_factory import VECTOR_KEYS, env_fns
+from agents.expert_labels import EXPERT_KEY
 from agents.extractors import extractor_kwargs
+from agents.guided_ppo import GuidedPPO
 from agents.privileged_critic import PRIVILEGED_KEY, PrivilegedCriticPolicy
 from agents.saving import (
     AGENT_FILE,
@@ -137,25 +139,36 @@ def annealed_learning_rate(model: BaseAlgorithm, learning_rate: float, total_tim
 def build_model(cfg: TrainConfig, venv: VecEnv, device: torch.device, tb_dir: Path
                 ) -> BaseAlgorithm:
     """A fresh PPO or SAC model for the run."""
-    extractor = extractor_kwargs(cfg.obs, cfg.encoder, cfg.seed)
     if cfg.algo == "ppo":
         p = cfg.ppo
+        guided = p.expert_coef > 0.0
+        hidden = (EXPERT_KEY,) if guided else ()
         policy: Any = "MultiInputPolicy"
-        kwargs: dict[str, Any] = {"net_arch": list(p.net_arch), **extractor}
+        kwargs: dict[str, Any] = {"net_arch": list(p.net_arch),
+                                  **extractor_kwargs(cfg.obs, cfg.encoder, cfg.seed, hidden)}
         if p.privileged_critic:  # its own extractor; the critic as wide as the actor
             policy = PrivilegedCriticPolicy
-            kwargs = {"net_arch": list(p.net_arch), "critic_arch": list(p.net_arch)}
-        model = PPO(policy, venv, n_steps=p.n_steps, batch_size=p.batch_size,
-                    n_epochs=p.n_epochs, learning_rate=p.learning_rate, gamma=p.gamma,
-                    gae_lambda=p.gae_lambda, clip_range=p.clip_range, ent_coef=p.ent_coef,
-                    vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm, target_kl=p.target_kl,
-                    policy_kwargs=kwargs,
-                    tensorboard_log=str(tb_dir), seed=cfg.seed, device=device, verbose=0)
+            kwargs = {"net_arch": list(p.net_arch), "critic_arch": list(p.net_arch),
+                      "hidden_keys": hidden}
+        algorithm: Any = PPO
+        extra: dict[str, Any] = {}
+        if guided:
+            algorithm = GuidedPPO
+            extra = {"expert_coef": p.expert_coef, "expert_epochs": p.expert_epochs,
+                     "expert_action_weights": p.expert_action_weights}
+        model = algorithm(policy, venv, n_steps=p.n_steps, batch_size=p.batch_size,
+                          n_epochs=p.n_epochs, learning_rate=p.learning_rate, gamma=p.gamma,
+                          gae_lambda=p.gae_lambda, clip_range=p.clip_range,
+                          ent_coef=p.ent_coef, vf_coef=p.vf_coef,
+                          max_grad_norm=p.max_grad_norm, target_kl=p.target_kl,
+                          policy_kwargs=kwargs, tensorboard_log=str(tb_dir), seed=cfg.seed,
+                          device=device, verbose=0, **extra)
         if p.anneal_lr:
             model.lr_schedule = annealed_learning_rate(model, p.learning_rate,
                                                        cfg.total_timesteps)
         return model
     s = cfg.sac
+    extractor = extractor_kwargs(cfg.obs, cfg.encoder, cfg.seed)
     return SAC("MultiInputPolicy", venv, buffer_size=s.buffer_size,
                learning_starts=s.learning_starts, batch_size=s.batch_size,
                learning_rate=s.learning_rate, tau=s.tau, gamma=s.gamma,
