@@ -6,6 +6,8 @@
    optionally with the last few stacked (``history``), or the camera for ``finetune`` /
    ``scratch``, or the privileged state) and
    observation normalisation (:class:`VecNormalize`).
+   With ``ppo.expert_coef`` the envs also put the expert's action in each observation
+   (:mod:`agents.expert_labels`) and the model is :class:`agents.guided_ppo.GuidedPPO`.
 3. Build the model, or restore it from ``<out>/checkpoint`` (weights, optimizer,
    normalisation statistics, RNG states and every env's exact state, rebuilt by
    re-simulating its episode's seed and actions), and learn with a progress bar,
