@@ -154,7 +154,8 @@ def test_bad_guidance_settings_are_rejected() -> None:
         load_train_config(overrides=["ppo.expert_action_weights=[1,2]"])
     with pytest.raises(ConfigError, match="ppo.expert_action_weights must all be > 0"):
         load_train_config(overrides=["ppo.expert_action_weights=[1,1,1,1,0,1]"])
+    env = gym.make("bulletdrive/Highway-v0",
+                   overrides=["sensors.state=true", "sensors.camera=false"])
     with pytest.raises(ValueError, match="guided PPO needs the expert's action"):
-        GuidedPPO("MultiInputPolicy", gym.make(
-            "bulletdrive/Highway-v0", overrides=["sensors.state=true", "sensors.camera=false"]),
-            n_steps=8, batch_size=8)
+        GuidedPPO("MultiInputPolicy", env, n_steps=8, batch_size=8)
+    env.close()
