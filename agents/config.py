@@ -293,6 +293,12 @@ class TrainConfig:
             raise ConfigError(f"history.frames > 1 works with obs 'frozen' only (it stacks "
                               f"embeddings), not '{self.obs}'")
 
+    @property
+    def expert_guided(self) -> bool:
+        """Whether this is an expert-guided PPO run (``ppo.expert_coef > 0``): its envs
+        label each state with the expert's action and the model is ``GuidedPPO``."""
+        return self.algo == "ppo" and self.ppo.expert_coef > 0.0
+
 
 def load_train_config(source: str | Path | Mapping[str, Any] | None = None,
                       overrides: Sequence[str] = ()) -> TrainConfig:

@@ -51,10 +51,16 @@ def embedding_weights(policy: ActorCriticPolicy) -> torch.Tensor:
     return first_actor_layer(policy).weight[:, embedding_columns(policy)]
 
 
+def zero_columns(layer: torch.nn.Linear, columns: slice) -> None:
+    """Set ``layer``'s weights on the input ``columns`` to 0 (the layer starts blind to
+    those inputs)."""
+    with torch.no_grad():
+        layer.weight[:, columns] = 0.0
+
+
 def zero_embedding_weights(policy: ActorCriticPolicy) -> None:
     """Start the actor blind to the embedding (its first-layer weights on it set to 0)."""
-    with torch.no_grad():
-        embedding_weights(policy).zero_()
+    zero_columns(first_actor_layer(policy), embedding_columns(policy))
 
 
 def add_column_l2_gradient(layer: torch.nn.Linear, columns: slice, l2: float

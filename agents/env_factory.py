@@ -122,7 +122,6 @@ def build_env(env_id: str, action_mode: str, overrides: Sequence[str],
 
 def env_fns(cfg: TrainConfig) -> list[Callable[[], gym.Env[Any, Any]]]:
     """Picklable env factories for a vectorised env."""
-    guided = cfg.algo == "ppo" and cfg.ppo.expert_coef > 0.0
     return [functools.partial(build_env, cfg.env_id, cfg.action_mode, env_overrides(cfg),
-                              cfg.shaping, cfg.lane_gaps, guided)
+                              cfg.shaping, cfg.lane_gaps, cfg.expert_guided)
             for _ in range(cfg.num_envs)]

@@ -58,9 +58,9 @@ class ExpertLabels(gym.Wrapper[Any, Any, Any, Any]):
         space = env.observation_space
         if not isinstance(space, spaces.Dict):
             raise TypeError(f"expert labels need a Dict observation space, not {space}")
-        self.label_shape = label_space(env.action_space).shape
-        self.observation_space = spaces.Dict({**space.spaces,
-                                              EXPERT_KEY: label_space(env.action_space)})
+        label = label_space(env.action_space)
+        self.label_shape = label.shape
+        self.observation_space = spaces.Dict({**space.spaces, EXPERT_KEY: label})
         self.expert = ExpertPolicy()
 
     def _label(self, obs: dict[str, Any]) -> dict[str, Any]:

@@ -31,7 +31,7 @@ import torch
 from numpy.typing import NDArray
 
 from agents.bc import REASON_COLUMNS, label_counts
-from agents.embedding_penalty import add_column_l2_gradient
+from agents.embedding_penalty import add_column_l2_gradient, zero_columns
 from common.io import write_json_or_report
 from perception.probes import r2_score
 from planning.action_modes import MetaAction
@@ -199,8 +199,7 @@ def cross_validate(x: Array, labels: NDArray[np.generic], episodes: NDArray[np.g
         if penalised is not None:  # bc.embedding_l2's start and gradient
             first = net[0]
             assert isinstance(first, torch.nn.Linear)
-            with torch.no_grad():
-                first.weight[:, penalised] = 0.0
+            zero_columns(first, penalised)
             add_column_l2_gradient(first, penalised, settings.embedding_l2)
         _fit(net, xs[~held], yt[~held], settings, rng)
         with torch.no_grad():

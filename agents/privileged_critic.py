@@ -78,10 +78,8 @@ class PrivilegedCriticPolicy(MultiInputActorCriticPolicy):
             raise ValueError(f"a privileged critic needs the '{PRIVILEGED_KEY}' observation "
                              f"(sensors.state=true); keys: {sorted(observation_space.spaces)}")
         kwargs["features_extractor_class"] = ActorKeysExtractor
-        excluded = (PRIVILEGED_KEY, *hidden_keys)
-        kwargs["features_extractor_kwargs"] = {"exclude": excluded}
+        kwargs["features_extractor_kwargs"] = {"exclude": (PRIVILEGED_KEY, *hidden_keys)}
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
-        self.actor_excluded = excluded
         width = self.features_dim + get_flattened_obs_dim(
             observation_space.spaces[PRIVILEGED_KEY])
         layers: list[nn.Module] = []
@@ -138,10 +136,12 @@ class PrivilegedCriticPolicy(MultiInputActorCriticPolicy):
 
     @property
     def actor_observation_space(self) -> spaces.Dict:
-        """The observation space of the deployable policy (no privileged or hidden key)."""
+        """The observation space of the deployable policy: the keys the actor reads (no
+        privileged or hidden key)."""
         assert isinstance(self.observation_space, spaces.Dict)
-        return spaces.Dict({k: v for k, v in self.observation_space.spaces.items()
-                            if k not in self.actor_excluded})
+        assert isinstance(self.features_extractor, ActorKeysExtractor)
+        return spaces.Dict({k: self.observation_space.spaces[k]
+                            for k in self.features_extractor.keys})
 
 
 __all__ = ["PRIVILEGED_KEY", "ActorKeysExtractor", "PrivilegedCriticPolicy"]

@@ -143,8 +143,7 @@ def build_model(cfg: TrainConfig, venv: VecEnv, device: torch.device, tb_dir: Pa
     """A fresh PPO or SAC model for the run."""
     if cfg.algo == "ppo":
         p = cfg.ppo
-        guided = p.expert_coef > 0.0
-        hidden = (EXPERT_KEY,) if guided else ()
+        hidden = (EXPERT_KEY,) if cfg.expert_guided else ()
         policy: Any = "MultiInputPolicy"
         kwargs: dict[str, Any] = {"net_arch": list(p.net_arch),
                                   **extractor_kwargs(cfg.obs, cfg.encoder, cfg.seed, hidden)}
@@ -154,7 +153,7 @@ def build_model(cfg: TrainConfig, venv: VecEnv, device: torch.device, tb_dir: Pa
                       "hidden_keys": hidden}
         algorithm: Any = PPO
         extra: dict[str, Any] = {}
-        if guided:
+        if cfg.expert_guided:
             algorithm = GuidedPPO
             extra = {"expert_coef": p.expert_coef, "expert_epochs": p.expert_epochs,
                      "expert_action_weights": p.expert_action_weights}
