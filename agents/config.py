@@ -47,6 +47,11 @@ class PPOConfig:
     log-likelihood scaled by ``expert_coef`` (0, the default: plain PPO).
     ``expert_action_weights``: ``behavior`` mode: weight of each meta-action's labels in
     that phase, in ``MetaAction`` order as ``bc.action_weights`` (empty: all 1).
+    ``expert_memory``: labelled states of past rollouts kept for that phase [decisions]
+    (:mod:`agents.expert_memory`, DAgger's aggregated dataset); each of its minibatches
+    adds as many states drawn from them (0, the default: the current rollout only).
+    Needs ``expert_coef > 0``; it is saved with the resumable checkpoint (about 2.4 kB a
+    decision on the ``frozen`` path, 21 kB more with an 84 x 84 image).
     """
 
     n_steps: int = 128
@@ -68,6 +73,7 @@ class PPOConfig:
     expert_coef: float = 0.0
     expert_epochs: int = 1
     expert_action_weights: tuple[float, ...] = ()
+    expert_memory: int = 0
 
     def __post_init__(self) -> None:
         require(self.value_warmup_steps >= 0, "ppo.value_warmup_steps must be >= 0")
@@ -77,6 +83,10 @@ class PPOConfig:
         require(all(w > 0.0 for w in self.expert_action_weights),
                 f"ppo.expert_action_weights must all be > 0, got "
                 f"{list(self.expert_action_weights)}")
+        require(self.expert_memory >= 0,
+                f"ppo.expert_memory must be >= 0, got {self.expert_memory}")
+        require(self.expert_memory == 0 or self.expert_coef > 0.0,
+                "ppo.expert_memory needs ppo.expert_coef > 0 (it feeds the expert phase)")
         require(self.embedding_l2 >= 0.0,
                 f"ppo.embedding_l2 must be >= 0, got {self.embedding_l2}")
         require(self.target_kl is None or self.target_kl > 0, "ppo.target_kl must be > 0 or null")

@@ -10,6 +10,11 @@ log-likelihood over the same states, scaled by ``expert_coef``. Those states are
 learner's own, so the labels teach recovery where the learner actually goes, as DAgger
 does, while PPO's reward still shapes everything the expert is indifferent to.
 
+With ``expert_memory`` the labelled states of past rollouts are kept too
+(:class:`agents.expert_memory.ExpertMemory`, DAgger's aggregated dataset) and each
+expert minibatch adds as many states drawn from them, so a rare state keeps teaching
+after its rollout is gone.
+
 TensorBoard: ``train/expert_nll`` (the weighted negative log-likelihood, mean over the
 phase's minibatches)
 and ``train/expert_agreement`` (share of those states where the policy's most likely
@@ -27,6 +32,7 @@ from gymnasium import spaces
 from stable_baselines3 import PPO
 
 from agents.expert_labels import EXPERT_KEY
+from agents.expert_memory import ExpertMemory
 
 
 class GuidedPPO(PPO):
@@ -44,10 +50,13 @@ class GuidedPPO(PPO):
     Raises:
         ValueError: The observations have no :data:`EXPERT_KEY`, or the weights do not
             match the actions.
+        expert_memory: Labelled states of past rollouts kept for the expert phase
+            [decisions] (0: none, the phase sees the current rollout only).
     """
 
     def __init__(self, *args: Any, expert_coef: float = 1.0, expert_epochs: int = 1,
-                 expert_action_weights: Sequence[float] = (), **kwargs: Any) -> None:
+                 expert_action_weights: Sequence[float] = (), expert_memory: int = 0,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         space = self.observation_space
         if not isinstance(space, spaces.Dict) or EXPERT_KEY not in space.spaces:
@@ -64,12 +73,38 @@ class GuidedPPO(PPO):
                                  f"({n}), got {len(expert_action_weights)}")
             self.expert_weights = torch.as_tensor(expert_action_weights, dtype=torch.float32,
                                                   device=self.device)
+        self.memory = ExpertMemory(expert_memory) if expert_memory > 0 else None
 
     def train(self) -> None:
         """PPO's update, then the expert phase on the same rollout."""
         super().train()
+        if self.memory is not None:
+            self.memorise()
         if self.expert_coef > 0.0:
             self.imitate()
+
+    def memorise(self) -> None:
+        """Add the rollout's states to the memory, as the envs produced them."""
+        assert self.memory is not None
+        observations = self.rollout_buffer.observations
+        assert isinstance(observations, dict)
+        space = self.observation_space
+        assert isinstance(space, spaces.Dict)
+        flat = {k: v.reshape(-1, *(space.spaces[k].shape or ())) for k, v in
+                observations.items()}
+        normalizer = self.get_vec_normalize_env()
+        raw = normalizer.unnormalize_obs(flat) if normalizer is not None else flat
+        assert isinstance(raw, dict)
+        self.memory.add(raw)
+
+    def _memory_batch(self, rng: np.random.Generator, n: int) -> dict[str, torch.Tensor]:
+        """``n`` remembered states, normalised with the current statistics."""
+        assert self.memory is not None
+        drawn: Any = self.memory.sample(rng, n)
+        normalizer = self.get_vec_normalize_env()
+        if normalizer is not None:
+            drawn = normalizer.normalize_obs(drawn)
+        return {k: torch.as_tensor(v, device=self.device) for k, v in drawn.items()}
 
     def _expert_loss(self, observations: dict[str, torch.Tensor]
                      ) -> tuple[torch.Tensor, float]:
@@ -92,16 +127,24 @@ class GuidedPPO(PPO):
         """``expert_epochs`` passes of minibatch steps on the expert's labels.
 
         Skipped while the actor is frozen (the value warm-up of a fine-tuning run).
+        With a memory, each minibatch of the rollout is joined by as many remembered
+        states, drawn by a generator seeded with the run's seed and decision count (so a
+        resumed run draws the same ones).
         """
         if not any(p.requires_grad for p in self.policy.action_net.parameters()):
             return
         self.policy.set_training_mode(True)
         losses: list[float] = []
         agreement: list[float] = []
+        rng = np.random.default_rng([self.seed or 0, self.num_timesteps])
         for _ in range(self.expert_epochs):
             for batch in self.rollout_buffer.get(self.batch_size):
                 observations = batch.observations
                 assert isinstance(observations, dict)
+                if self.memory is not None and self.memory.size:
+                    drawn = self._memory_batch(rng, len(observations[EXPERT_KEY]))
+                    observations = {k: torch.cat([v, drawn[k]]) for k, v in
+                                    observations.items()}
                 loss, agree = self._expert_loss(observations)
                 losses.append(float(loss.detach()))
                 agreement.append(agree)

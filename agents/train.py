@@ -9,10 +9,10 @@
    With ``ppo.expert_coef`` the envs also put the expert's action in each observation
    (:mod:`agents.expert_labels`) and the model is :class:`agents.guided_ppo.GuidedPPO`.
 3. Build the model, or restore it from ``<out>/checkpoint`` (weights, optimizer,
-   normalisation statistics, RNG states and every env's exact state, rebuilt by
-   re-simulating its episode's seed and actions), and learn with a progress bar,
-   TensorBoard logs (reward, episode length, route completion, collision rate, fps) and
-   periodic checkpoints.
+   normalisation statistics, RNG states, a guided run's expert memory and every env's
+   exact state, rebuilt by re-simulating its episode's seed and actions), and learn with
+   a progress bar, TensorBoard logs (reward, episode length, route completion,
+   collision rate, fps) and periodic checkpoints.
 4. Save the final agent in ``<out>/final`` (weights only: safetensors + JSON), which
    ``--agent <out>/final`` loads wherever a policy name is accepted.
 """
@@ -156,7 +156,8 @@ def build_model(cfg: TrainConfig, venv: VecEnv, device: torch.device, tb_dir: Pa
         if cfg.expert_guided:
             algorithm = GuidedPPO
             extra = {"expert_coef": p.expert_coef, "expert_epochs": p.expert_epochs,
-                     "expert_action_weights": p.expert_action_weights}
+                     "expert_action_weights": p.expert_action_weights,
+                     "expert_memory": p.expert_memory}
         model = algorithm(policy, venv, n_steps=p.n_steps, batch_size=p.batch_size,
                           n_epochs=p.n_epochs, learning_rate=p.learning_rate, gamma=p.gamma,
                           gae_lambda=p.gae_lambda, clip_range=p.clip_range,
@@ -275,9 +276,10 @@ def save_training_state(directory: Path, model: BaseAlgorithm, cfg: TrainConfig)
     """Everything a resumed run needs, as safetensors + JSON (nothing pickled).
 
     Tensors: policy weights, optimizer tensors, the last observation batch, the torch
-    RNG state and, with ``history.frames > 1``, every env's past embeddings. JSON:
-    counters, optimizer scalars, numpy RNG state, normalisation statistics and each env's
-    episode seed and actions so far.
+    RNG state, with ``history.frames > 1`` every env's past embeddings and with
+    ``ppo.expert_memory`` the remembered states. JSON: counters, optimizer scalars,
+    numpy RNG state, normalisation statistics and each env's episode seed and actions so
+    far.
     """
     directory.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {f"policy.{k}": v.detach().cpu().clone()
@@ -301,6 +303,10 @@ def save_training_state(directory: Path, model: BaseAlgorithm, cfg: TrainConfig)
     for key, value in last_obs.items():
         tensors[f"last_obs.{key}"] = torch.from_numpy(np.ascontiguousarray(value))
     tensors["rng.torch"] = torch.get_rng_state()
+    memory_counters = None
+    if isinstance(model, GuidedPPO) and model.memory is not None:
+        arrays, memory_counters = model.memory.state()
+        tensors.update({f"expert_memory.{k}": torch.from_numpy(v) for k, v in arrays.items()})
     top = model.get_env()
     assert top is not None
     venv = unwrap_vec_normalize(top)  # image paths have SB3's VecTransposeImage on top
@@ -318,6 +324,7 @@ def save_training_state(directory: Path, model: BaseAlgorithm, cfg: TrainConfig)
         "vecnormalize": vecnormalize_to_json(venv),
         "envs": venv.env_method("snapshot"),
         "config": to_dict(cfg),
+        "expert_memory": memory_counters,
     }
     with atomic_path(directory / TENSORS_FILE) as tmp:
         save_file(tensors, str(tmp))
@@ -364,6 +371,9 @@ def restore_training_state(directory: Path, model: BaseAlgorithm) -> int:
     model._last_obs = {k[len("last_obs."):]: v.numpy() for k, v in tensors.items()
                        if k.startswith("last_obs.")}
     model._last_episode_starts = np.asarray(meta["last_episode_starts"], dtype=bool)
+    if isinstance(model, GuidedPPO) and model.memory is not None and meta.get("expert_memory"):
+        model.memory.load({k[len("expert_memory."):]: v.numpy() for k, v in tensors.items()
+                           if k.startswith("expert_memory.")}, meta["expert_memory"])
     model.num_timesteps = int(meta["num_timesteps"])
     if hasattr(model, "_n_updates"):
         model._n_updates = int(meta["n_updates"])

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -95,10 +96,58 @@ def test_the_expert_phase_waits_while_the_actor_is_frozen(tmp_path: Path) -> Non
         venv.close()
 
 
-def test_a_guided_run_resumes_exactly_and_saves_an_agent_without_labels(
+def test_the_memory_keeps_past_rollouts_as_the_envs_produced_them(tmp_path: Path) -> None:
+    model, venv = _model(["ppo.expert_memory=40"], tmp_path)
+    try:
+        assert model.memory is not None
+        model.learn(32)  # one rollout: 16 steps x 2 envs
+        memory = model.memory
+        assert (memory.size, memory.position) == (32, 32)
+        rollout = _buffer_obs(model)
+        # Raw in the memory, normalised in the buffer (which SB3 has reordered).
+        raw = venv.unnormalize_obs({k: v.numpy() for k, v in rollout.items()})
+        for key, value in raw.items():
+            assert sorted(map(tuple, memory.arrays[key][:32].tolist())) == \
+                sorted(map(tuple, np.asarray(value, np.float32).tolist())), key
+        assert not np.allclose(memory.arrays["state"][:32], rollout["state"].numpy())
+        model.learn(32, reset_num_timesteps=False)  # a second rollout wraps the ring
+        assert (memory.size, memory.position) == (40, 24)
+        # Drawn states reach the policy normalised with the current statistics.
+        drawn = model._memory_batch(np.random.default_rng(0), 16)
+        assert drawn[EXPERT_KEY].shape == (16, 1)
+        normalised = venv.normalize_obs(model.memory.sample(np.random.default_rng(0), 16))
+        for key, value in drawn.items():
+            np.testing.assert_allclose(value.numpy(), normalised[key], rtol=1e-6)
+    finally:
+        venv.close()
+
+
+def test_the_expert_phase_takes_as_many_remembered_states_as_rollout_ones(
         tmp_path: Path) -> None:
-    full = load_train_config(overrides=[*TINY, "total_timesteps=64"])
-    part = load_train_config(overrides=[*TINY, "total_timesteps=32"])
+    model, venv = _model(["ppo.expert_memory=64"], tmp_path)
+    try:
+        model.learn(32)
+        sizes: list[int] = []
+        real = model._expert_loss
+
+        def spy(observations: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float]:
+            sizes.append(len(observations[EXPERT_KEY]))
+            return real(observations)
+
+        model._expert_loss = spy  # type: ignore[method-assign]
+        model.imitate()
+        assert sizes == [32, 32]  # two minibatches of 16 rollout + 16 remembered states
+    finally:
+        venv.close()
+
+
+@pytest.mark.parametrize("memory", [0, 40])
+def test_a_guided_run_resumes_exactly_and_saves_an_agent_without_labels(
+        tmp_path: Path, memory: int) -> None:
+    full = load_train_config(overrides=[*TINY, "total_timesteps=64",
+                                        f"ppo.expert_memory={memory}"])
+    part = load_train_config(overrides=[*TINY, "total_timesteps=32",
+                                        f"ppo.expert_memory={memory}"])
     train(full, tmp_path / "a", resume=False, progress=False)
     train(part, tmp_path / "b", resume=False, progress=False)
     assert train(full, tmp_path / "b", resume=True, progress=False).resumed_from == 32
@@ -108,6 +157,11 @@ def test_a_guided_run_resumes_exactly_and_saves_an_agent_without_labels(
         assert torch.equal(a[key], b[key]), key
     # Without the expert phase the same run ends elsewhere: the phase did something.
     plain = load_train_config(overrides=[*TINY, "total_timesteps=64", "ppo.expert_coef=0"])
+    if memory:  # and without the memory it ends elsewhere too
+        bare = load_train_config(overrides=[*TINY, "total_timesteps=64"])
+        train(bare, tmp_path / "d", resume=False, progress=False)
+        d = load_file(str(tmp_path / "d" / "final" / "policy.safetensors"))
+        assert any(not torch.equal(a[k], d[k]) for k in a)
     train(plain, tmp_path / "c", resume=False, progress=False)
     c = load_file(str(tmp_path / "c" / "final" / "policy.safetensors"))
     assert any(not torch.equal(a[k], c[k]) for k in a)
@@ -154,6 +208,10 @@ def test_bad_guidance_settings_are_rejected() -> None:
         load_train_config(overrides=["ppo.expert_action_weights=[1,2]"])
     with pytest.raises(ConfigError, match="ppo.expert_action_weights must all be > 0"):
         load_train_config(overrides=["ppo.expert_action_weights=[1,1,1,1,0,1]"])
+    with pytest.raises(ConfigError, match="ppo.expert_memory must be >= 0, got -1"):
+        load_train_config(overrides=["ppo.expert_memory=-1", "ppo.expert_coef=1"])
+    with pytest.raises(ConfigError, match=r"ppo.expert_memory needs ppo.expert_coef > 0"):
+        load_train_config(overrides=["ppo.expert_memory=100"])
     env = gym.make("bulletdrive/Highway-v0",
                    overrides=["sensors.state=true", "sensors.camera=false"])
     with pytest.raises(ValueError, match="guided PPO needs the expert's action"):
