@@ -269,7 +269,8 @@ def train_bc(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> An
     atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     start = time.perf_counter()
     device = resolve_device(cfg.device)
-    env = build_env(cfg.env_id, cfg.action_mode, env_overrides(cfg), lane_gaps=cfg.lane_gaps)
+    env = build_env(cfg.env_id, cfg.action_mode, env_overrides(cfg), lane_gaps=cfg.lane_gaps,
+                    lane_presence=cfg.lane_presence)
     assert isinstance(env.observation_space, spaces.Dict)
     path = ObservationPath(cfg, env.observation_space, device)
     expert = ExpertPolicy()

@@ -240,6 +240,9 @@ class TrainConfig:
             behind in the ego's and the neighbouring lanes, measured with the lidar and
             the map) to the policy's inputs, in place of the raw lidar ranges; needs
             ``sensors.lidar=true`` in ``env_overrides``.
+        lane_presence: With ``lane_gaps``, two more inputs say whether a lane exists
+            left and right of the ego's (from the map), since a guard rail reads like a
+            car beside the ego (:data:`planning.lane_gaps.PRESENCE_FEATURES`).
         history: How many past embeddings the policy sees (``frozen`` path only).
         shaping: Training reward shaping (a time-to-collision penalty).
         ppo / sac / bc: Algorithm settings.
@@ -260,6 +263,7 @@ class TrainConfig:
     init_from: str | None = None
     env_overrides: tuple[str, ...] = ()
     lane_gaps: bool = False
+    lane_presence: bool = False
     history: HistoryConfig = field(default_factory=HistoryConfig)
     shaping: ShapingConfig = field(default_factory=ShapingConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
@@ -299,6 +303,8 @@ class TrainConfig:
                 "sensors", {}).get("lidar") is not True:
             raise ConfigError("lane_gaps needs the lidar: add sensors.lidar=true to "
                               "env_overrides")
+        if self.lane_presence and not self.lane_gaps:
+            raise ConfigError("lane_presence extends the lane gaps: set lane_gaps=true too")
         if self.history.frames > 1 and self.obs != "frozen":
             raise ConfigError(f"history.frames > 1 works with obs 'frozen' only (it stacks "
                               f"embeddings), not '{self.obs}'")

@@ -105,14 +105,16 @@ def env_overrides(cfg: TrainConfig) -> list[str]:
 
 def build_env(env_id: str, action_mode: str, overrides: Sequence[str],
               shaping: ShapingConfig | None = None, lane_gaps: bool = False,
-              expert_labels: bool = False) -> gym.Env[Any, Any]:
-    """One training env: driving env + action mode + lane gaps (when on) + the expert's
-    action in each observation (when on, for guided PPO) + reward shaping (when on) +
-    episode statistics (SB3 ``Monitor``: reward and length in TensorBoard) + train seeds
-    + action log."""
+              expert_labels: bool = False, lane_presence: bool = False
+              ) -> gym.Env[Any, Any]:
+    """One training env: driving env + action mode + lane gaps (when on; with the
+    neighbour lanes' presence when ``lane_presence``) + the expert's action in each
+    observation (when on, for guided PPO) + reward shaping (when on) + episode
+    statistics (SB3 ``Monitor``: reward and length in TensorBoard) + train seeds + action
+    log."""
     env = make_env(env_id, action_mode=action_mode, overrides=list(overrides))
     if lane_gaps:
-        env = LaneGaps(env)
+        env = LaneGaps(env, presence=lane_presence)
     if expert_labels:
         env = ExpertLabels(env)
     if shaping is not None and shaping.ttc_weight > 0:
@@ -123,5 +125,6 @@ def build_env(env_id: str, action_mode: str, overrides: Sequence[str],
 def env_fns(cfg: TrainConfig) -> list[Callable[[], gym.Env[Any, Any]]]:
     """Picklable env factories for a vectorised env."""
     return [functools.partial(build_env, cfg.env_id, cfg.action_mode, env_overrides(cfg),
-                              cfg.shaping, cfg.lane_gaps, cfg.expert_guided)
+                              cfg.shaping, cfg.lane_gaps, cfg.expert_guided,
+                              cfg.lane_presence)
             for _ in range(cfg.num_envs)]

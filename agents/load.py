@@ -29,7 +29,7 @@ from agents.saving import (
 )
 from envs.driving_env import DrivingEnv
 from perception.checkpoint import load_encoder
-from planning.lane_gaps import LaneGapSensor, decision_period_s
+from planning.lane_gaps import FEATURES, PRESENCE_FEATURES, LaneGapSensor, decision_period_s
 
 
 class AgentLoadError(ValueError):
@@ -143,7 +143,9 @@ class TrainedPolicy:
             raise AgentLoadError(f"{self.name} measures lane gaps with the lidar; drive it "
                                  "in an env with sensors.lidar=true (its env overrides)")
         if self.lane_gaps is None:
-            self.lane_gaps = LaneGapSensor(decision_period_s(env))
+            space = self.policy.observation_space.spaces["lane_gaps"]
+            presence = space.shape == (len(FEATURES) + len(PRESENCE_FEATURES),)
+            self.lane_gaps = LaneGapSensor(decision_period_s(env), presence)
         return {**obs, "lane_gaps": self.lane_gaps(env.unwrapped, obs["lidar"])}
 
     def observation(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -22,6 +22,12 @@ Features (float32, :data:`FEATURES`), all in metres except the closing speed:
   (0 when something is beside the ego; a guard rail where there is no lane reads short).
 
 Where nothing is hit the value is the lidar's range.
+
+A guard rail beside the ego reads like a car beside it (0 ahead and behind), so on an
+on-ramp the gaps cannot tell the moment a merge becomes possible from the moment a car
+blocks it. With ``presence`` two more features say which neighbours exist, from the map
+at the ego's place (:func:`lanes_beside`): ``left_lane`` and ``right_lane``, 1 where
+there is a lane in the ego's direction beside its own, else 0.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ from planning.safety import ego_path, project_onto_path
 #: Names of the features, in order.
 FEATURES = ("ahead_m", "closing_mps", "left_ahead_m", "left_behind_m", "right_ahead_m",
             "right_behind_m")
+#: Names of the features ``presence`` appends, in order.
+PRESENCE_FEATURES = ("left_lane", "right_lane")
 #: Closing speeds are clipped to +-this [m/s]; it also bounds how far the lead may have
 #: moved, relative to the ego, since the previous decision when it is matched.
 MAX_CLOSING_MPS = 25.0
@@ -175,15 +183,39 @@ def closing_speed(lead: NDArray[np.float64] | None, points: NDArray[np.float64],
     return float(np.clip((before - rear) / period_s, -MAX_CLOSING_MPS, MAX_CLOSING_MPS))
 
 
+def lanes_beside(env: DrivingEnv) -> tuple[float, float]:
+    """Whether the map has a lane in the ego's direction left and right of the ego's
+    lane, at its place: ``(left, right)``, each 1.0 or 0.0 (both 0 off the map).
+
+    A neighbour counts where it runs beside the ego: the ego's road station lies within
+    the neighbour's (an acceleration lane is the right neighbour of the outer lane only
+    along its own length)."""
+    lp, rm = env.lane_point, env.road_map
+    if lp is None or rm is None:
+        return 0.0, 0.0
+    lane = rm.lane(lp.lane)
+    station = float(lane.station_at(lp.s))
+
+    def beside(neighbour: str | None) -> float:
+        if neighbour is None:
+            return 0.0
+        st = rm.lane(neighbour).station
+        return float(min(st[0], st[-1]) <= station <= max(st[0], st[-1]))
+
+    return beside(lane.left), beside(lane.right)
+
+
 class LaneGapSensor:
     """:func:`lane_gaps` plus the closing speed, which needs the previous decision's scan.
 
     Args:
         period_s: Time between two calls (the decision period) [s].
+        presence: Append :data:`PRESENCE_FEATURES` (:func:`lanes_beside`).
     """
 
-    def __init__(self, period_s: float) -> None:
+    def __init__(self, period_s: float, presence: bool = False) -> None:
         self.period_s = period_s
+        self.presence = presence
         self.previous_points: NDArray[np.float64] | None = None
         self.last: NDArray[np.float32] | None = None  # the features last returned
 
@@ -193,11 +225,13 @@ class LaneGapSensor:
         self.last = None
 
     def __call__(self, env: DrivingEnv, ranges: NDArray[Any]) -> NDArray[np.float32]:
-        """The features of :data:`FEATURES` for the current state."""
+        """The features of :data:`FEATURES` (and :data:`PRESENCE_FEATURES`) for the
+        current state."""
         scan = scan_lanes(env, ranges)
         closing = closing_speed(scan.lead, scan.points, self.previous_points, self.period_s)
         self.previous_points = scan.points
-        self.last = np.array([scan.gaps[0], closing, *scan.gaps[1:]], np.float32)
+        beside = lanes_beside(env) if self.presence else ()
+        self.last = np.array([scan.gaps[0], closing, *scan.gaps[1:], *beside], np.float32)
         return self.last
 
 
@@ -217,9 +251,11 @@ class LaneGaps(gym.Wrapper[dict[str, Any], Any, dict[str, Any], Any]):
         env: A bulletdrive env with ``sensors.lidar=true`` (possibly wrapped).
         keep_ranges: Keep the raw ``lidar`` ranges in the observation too; by default the
             gaps replace them.
+        presence: Append :data:`PRESENCE_FEATURES` (which neighbour lanes exist).
     """
 
-    def __init__(self, env: gym.Env[dict[str, Any], Any], keep_ranges: bool = False) -> None:
+    def __init__(self, env: gym.Env[dict[str, Any], Any], keep_ranges: bool = False,
+                 presence: bool = False) -> None:
         super().__init__(env)
         self.keep_ranges = keep_ranges
         driving = env.unwrapped
@@ -227,11 +263,14 @@ class LaneGaps(gym.Wrapper[dict[str, Any], Any, dict[str, Any], Any]):
             raise ValueError("lane_gaps needs the lidar: add sensors.lidar=true to the env "
                              "overrides")
         self.driving = driving
-        self.sensor = LaneGapSensor(decision_period_s(env))
+        self.sensor = LaneGapSensor(decision_period_s(env), presence)
         limit = driving.config.sensors.lidar_config.range_m
         low = np.zeros(len(FEATURES), np.float32)
         high = np.full(len(FEATURES), limit, np.float32)
         low[1], high[1] = -MAX_CLOSING_MPS, MAX_CLOSING_MPS
+        if presence:
+            low = np.concatenate([low, np.zeros(len(PRESENCE_FEATURES), np.float32)])
+            high = np.concatenate([high, np.ones(len(PRESENCE_FEATURES), np.float32)])
         assert isinstance(env.observation_space, spaces.Dict)
         kept = {k: v for k, v in env.observation_space.spaces.items()
                 if keep_ranges or k != "lidar"}

@@ -209,20 +209,24 @@ def test_a_camera_and_lidar_agent_sees_the_ranges_in_training_and_evaluation(
     env.close()
 
 
-def test_a_lane_gaps_agent_measures_them_itself_in_evaluation(tmp_path: Path) -> None:
+@pytest.mark.parametrize("presence", [False, True])
+def test_a_lane_gaps_agent_measures_them_itself_in_evaluation(tmp_path: Path,
+                                                              presence: bool) -> None:
     from agents.embedding_penalty import embedding_weights
-    from planning.lane_gaps import FEATURES, LaneGaps
+    from planning.lane_gaps import FEATURES, PRESENCE_FEATURES, LaneGaps
 
     enc = save_encoder(tmp_path / "enc", build_encoder("nature_cnn"),
                        EncoderConfig("nature_cnn"))
     overrides = ["traffic.num_vehicles=4", "sensors.lidar=true"]
     cfg = load_train_config(overrides=[
         "algo=bc", f"encoder={enc}", "bc.episodes=1", "bc.max_steps=10", "bc.epochs=1",
-        "lane_gaps=true", f"env_overrides=[{','.join(overrides)}]", "bc.embedding_l2=0.3"])
+        "lane_gaps=true", f"env_overrides=[{','.join(overrides)}]", "bc.embedding_l2=0.3",
+        f"lane_presence={presence}"])
     result = train(cfg, tmp_path / "bc", progress=False)
     meta = json.loads((result.agent_dir / "agent.json").read_text())
     spaces_ = meta["observation_space"]["spaces"]
-    assert spaces_["lane_gaps"]["shape"] == [len(FEATURES)] and "lidar" not in spaces_
+    width = len(FEATURES) + (len(PRESENCE_FEATURES) if presence else 0)
+    assert spaces_["lane_gaps"]["shape"] == [width] and "lidar" not in spaces_
     assert "lane_gaps" in meta["normalization"]["obs"]
     # With bc.embedding_l2 the actor starts blind to the embedding, and one small fit
     # barely moves it off zero; the lane gaps' columns keep their initial weights.
@@ -234,7 +238,7 @@ def test_a_lane_gaps_agent_measures_them_itself_in_evaluation(tmp_path: Path) ->
     agent = load_agent(result.agent_dir)
     bare = gym.make("bulletdrive/Highway-v0", action_mode="behavior", overrides=overrides)
     wrapped = LaneGaps(gym.make("bulletdrive/Highway-v0", action_mode="behavior",
-                                overrides=overrides))
+                                overrides=overrides), presence=presence)
     agent.reset()
     obs, _ = bare.reset(seed=200_003)
     ref, _ = wrapped.reset(seed=200_003)

@@ -17,11 +17,13 @@ from common.config import ConfigError
 from envs.driving_env import DrivingEnv
 from planning.lane_gaps import (
     FEATURES,
+    PRESENCE_FEATURES,
     LaneGaps,
     LaneGapSensor,
     closing_speed,
     decision_period_s,
     lane_gaps,
+    lanes_beside,
 )
 from planning.make import make_env
 from tests.planning.test_safety import QUIET, place_vehicle
@@ -135,6 +137,42 @@ def test_wrapper_replaces_the_ranges_by_the_gaps() -> None:
     assert isinstance(kept.observation_space, gym.spaces.Dict)
     assert "lidar" in kept.observation_space.spaces
     kept.close()
+
+
+def test_lane_presence_reads_the_neighbours_beside_the_ego_from_the_map() -> None:
+    # Map of seed 299_702: four lanes f0 (leftmost) to f3, an acceleration lane right of
+    # f3 from station 472 m to 722 m, fed by the on-ramp r0.
+    env = envs.make("Highway-v0", overrides=[*QUIET, "traffic.num_vehicles=1"])
+    try:
+        for lane, s_m, expected in (("main/f0", 100.0, (0.0, 1.0)),
+                                    ("main/f1", 100.0, (1.0, 1.0)),
+                                    ("main/f3", 100.0, (1.0, 0.0)),  # before the merge lane
+                                    ("main/f3", 522.0, (1.0, 1.0)),  # beside it
+                                    ("main/f3", 900.0, (1.0, 0.0)),  # after it
+                                    ("ramp/r0", 20.0, (0.0, 0.0))):  # on the ramp
+            env.reset(seed=299_702, options={"start_lane": lane, "start_s_m": s_m})
+            assert lanes_beside(env) == expected, (lane, s_m)
+        acc = env.road_map.lane("main/acc")  # type: ignore[union-attr]
+        assert (acc.station[0], acc.station[-1]) == (472.0, 722.0)
+    finally:
+        env.close()
+
+
+def test_the_wrapper_appends_the_presence_on_request() -> None:
+    env = LaneGaps(make_env("Highway-v0", action_mode="behavior", overrides=[*QUIET, *LIDAR]),
+                   presence=True)
+    try:
+        obs, _ = env.reset(seed=299_702, options={"start_lane": "main/f0", "start_s_m": 100.0})
+        assert obs["lane_gaps"].shape == (len(FEATURES) + len(PRESENCE_FEATURES),)
+        assert env.observation_space.contains(obs)
+        assert obs["lane_gaps"][-2:].tolist() == [0.0, 1.0]
+        obs, *_ = env.step(0)
+        assert env.observation_space.contains(obs)
+    finally:
+        env.close()
+    with pytest.raises(ConfigError, match="lane_presence extends the lane gaps: set "
+                                          "lane_gaps=true too"):
+        load_train_config(overrides=["lane_presence=true"])
 
 
 def test_without_the_lidar_is_a_clear_error() -> None:
