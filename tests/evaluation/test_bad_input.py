@@ -28,8 +28,8 @@ REPS = 200
 
 def test_unknown_suite_lists_the_shipped_ones(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"no config 'highway_tset'.*valid names: "
-                                          r"demo, highway-test, highway-val, smoke, "
-                                          r"urban-night-fog, urban-test"):
+                                          r"demo, highway-merge-val, highway-test, highway-val, "
+                                          r"smoke, urban-night-fog, urban-test"):
         load_suite("highway_tset")
     with pytest.raises(ConfigError, match="valid names: .*smoke"):
         evaluate("expert", "nope", tmp_path, workers=1, progress=False)
@@ -195,7 +195,8 @@ def test_cli_eval(expert_smoke: EvalResult, copy_run: Callable[[EvalResult], Pat
     assert "data:image/png;base64," in html and "seed-299990" in html
     for argv, message in [
         (["--agent", "nobody", "--suite", "smoke"], "unknown agent 'nobody'"),
-        (["--agent", "expert", "--suite", "nope"], "valid names: demo, highway-test"),
+        (["--agent", "expert", "--suite", "nope"],
+         "valid names: demo, highway-merge-val, highway-test"),
         (["--agent", "expert", "--suite", "smoke", "--set", "episodes=zero"],
          "'episodes' must be int"),
     ]:

@@ -19,7 +19,8 @@ from evaluation.suites import (
     load_suite,
 )
 
-SHIPPED = ("highway-test", "urban-test", "urban-night-fog", "highway-val", "smoke", "demo")
+SHIPPED = ("highway-test", "urban-test", "urban-night-fog", "highway-val", "highway-merge-val",
+           "smoke", "demo")
 
 
 def suite(**fields: object) -> SuiteConfig:
@@ -43,7 +44,7 @@ def test_shipped_suites_load_and_are_disjoint() -> None:
         assert s.action_mode == ("behavior" if name == "demo" else "control")
         low, high = SPLIT_SEED_RANGES[s.split]
         seeds = s.episode_seeds()
-        assert len(seeds) == {"smoke": 2, "demo": 4}.get(name, 20)
+        assert len(seeds) == {"smoke": 2, "demo": 4, "highway-merge-val": 30}.get(name, 20)
         assert all(low <= x < high for x in seeds)
     check_disjoint(suites.values())
     fog = suites["urban-night-fog"]
@@ -54,6 +55,8 @@ def test_shipped_suites_load_and_are_disjoint() -> None:
     assert suites["urban-test"].num_pedestrians == 10
     assert "pedestrians.num_pedestrians=10" in suites["urban-test"].env_overrides()
     assert suites["highway-val"].split == "val"
+    merge = suites["highway-merge-val"]
+    assert merge.split == "val" and "ramp_start_prob=1.0" in merge.env_overrides()
     smoke = suites["smoke"]
     assert (smoke.env_id, smoke.split, smoke.max_steps) == ("bulletdrive/Highway-v0", "test", 60)
     others = {x for n, s in suites.items() if n != "smoke" for x in s.episode_seeds()}
@@ -96,6 +99,20 @@ def test_env_overrides_reach_the_env_config() -> None:
     assert (cfg.visual.corruption.name, cfg.visual.corruption.severity) == ("rain", 4)
     assert cfg.traffic.aggressive_fraction == 0.3
     assert suite().env_overrides() == []  # env defaults untouched
+
+
+def test_every_merge_suite_episode_starts_on_the_on_ramp() -> None:
+    import envs
+
+    merge = load_suite("highway-merge-val")
+    env = envs.make(merge.env_id, overrides=[*merge.env_overrides(), "sensors.camera=false",
+                                             "traffic.num_vehicles=1"])
+    try:
+        for seed in merge.episode_seeds()[:5]:
+            env.reset(seed=seed)
+            assert env.unwrapped.lane_point.lane.startswith("ramp/"), seed
+    finally:
+        env.close()
 
 
 def test_split_ranges_are_disjoint() -> None:
