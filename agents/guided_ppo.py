@@ -45,13 +45,13 @@ class GuidedPPO(PPO):
         expert_epochs: Passes over the rollout per update.
         expert_action_weights: Discrete actions: weight of each action's labels (one
             per action; empty: all 1), to let rare labels (braking) count.
+        expert_memory: Labelled states of past rollouts kept for the expert phase
+            [decisions] (0: none, the phase sees the current rollout only).
         **kwargs: Passed to ``PPO``.
 
     Raises:
         ValueError: The observations have no :data:`EXPERT_KEY`, or the weights do not
             match the actions.
-        expert_memory: Labelled states of past rollouts kept for the expert phase
-            [decisions] (0: none, the phase sees the current rollout only).
     """
 
     def __init__(self, *args: Any, expert_coef: float = 1.0, expert_epochs: int = 1,

@@ -143,6 +143,7 @@ class TrainedPolicy:
             raise AgentLoadError(f"{self.name} measures lane gaps with the lidar; drive it "
                                  "in an env with sensors.lidar=true (its env overrides)")
         if self.lane_gaps is None:
+            # Agents saved before lane_presence, or without it, read six features.
             space = self.policy.observation_space.spaces["lane_gaps"]
             presence = space.shape == (len(FEATURES) + len(PRESENCE_FEATURES),)
             self.lane_gaps = LaneGapSensor(decision_period_s(env), presence)
