@@ -265,12 +265,11 @@ class LaneGaps(gym.Wrapper[dict[str, Any], Any, dict[str, Any], Any]):
         self.driving = driving
         self.sensor = LaneGapSensor(decision_period_s(env), presence)
         limit = driving.config.sensors.lidar_config.range_m
-        low = np.zeros(len(FEATURES), np.float32)
-        high = np.full(len(FEATURES), limit, np.float32)
+        width = len(FEATURES) + (len(PRESENCE_FEATURES) if presence else 0)
+        low = np.zeros(width, np.float32)
+        high = np.full(width, limit, np.float32)
         low[1], high[1] = -MAX_CLOSING_MPS, MAX_CLOSING_MPS
-        if presence:
-            low = np.concatenate([low, np.zeros(len(PRESENCE_FEATURES), np.float32)])
-            high = np.concatenate([high, np.ones(len(PRESENCE_FEATURES), np.float32)])
+        high[len(FEATURES):] = 1.0  # the presence flags
         assert isinstance(env.observation_space, spaces.Dict)
         kept = {k: v for k, v in env.observation_space.spaces.items()
                 if keep_ranges or k != "lidar"}
