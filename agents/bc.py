@@ -270,7 +270,8 @@ def train_bc(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> An
     start = time.perf_counter()
     device = resolve_device(cfg.device)
     env = build_env(cfg.env_id, cfg.action_mode, env_overrides(cfg), lane_gaps=cfg.lane_gaps,
-                    lane_presence=cfg.lane_presence)
+                    lane_presence=cfg.lane_presence,
+                    lane_rear_closing=cfg.lane_rear_closing)
     assert isinstance(env.observation_space, spaces.Dict)
     path = ObservationPath(cfg, env.observation_space, device)
     expert = ExpertPolicy()

@@ -243,6 +243,10 @@ class TrainConfig:
         lane_presence: With ``lane_gaps``, two more inputs say whether a lane exists
             left and right of the ego's (from the map), since a guard rail reads like a
             car beside the ego (:data:`planning.lane_gaps.PRESENCE_FEATURES`).
+        lane_rear_closing: With ``lane_gaps``, two more inputs say how fast the nearest
+            car behind in the left and the right lane comes nearer [m/s], which a lane
+            change must leave room for
+            (:data:`planning.lane_gaps.REAR_CLOSING_FEATURES`).
         history: How many past embeddings the policy sees (``frozen`` path only).
         shaping: Training reward shaping (a time-to-collision penalty).
         ppo / sac / bc: Algorithm settings.
@@ -264,6 +268,7 @@ class TrainConfig:
     env_overrides: tuple[str, ...] = ()
     lane_gaps: bool = False
     lane_presence: bool = False
+    lane_rear_closing: bool = False
     history: HistoryConfig = field(default_factory=HistoryConfig)
     shaping: ShapingConfig = field(default_factory=ShapingConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
@@ -305,6 +310,9 @@ class TrainConfig:
                               "env_overrides")
         if self.lane_presence and not self.lane_gaps:
             raise ConfigError("lane_presence extends the lane gaps: set lane_gaps=true too")
+        if self.lane_rear_closing and not self.lane_gaps:
+            raise ConfigError("lane_rear_closing extends the lane gaps: set lane_gaps=true "
+                              "too")
         if self.history.frames > 1 and self.obs != "frozen":
             raise ConfigError(f"history.frames > 1 works with obs 'frozen' only (it stacks "
                               f"embeddings), not '{self.obs}'")

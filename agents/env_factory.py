@@ -105,16 +105,17 @@ def env_overrides(cfg: TrainConfig) -> list[str]:
 
 def build_env(env_id: str, action_mode: str, overrides: Sequence[str],
               shaping: ShapingConfig | None = None, lane_gaps: bool = False,
-              expert_labels: bool = False, lane_presence: bool = False
-              ) -> gym.Env[Any, Any]:
+              expert_labels: bool = False, lane_presence: bool = False,
+              lane_rear_closing: bool = False) -> gym.Env[Any, Any]:
     """One training env: driving env + action mode + lane gaps (when on; with the
-    neighbour lanes' presence when ``lane_presence``) + the expert's action in each
+    neighbour lanes' presence when ``lane_presence`` and the closing speeds of the cars
+    behind in them when ``lane_rear_closing``) + the expert's action in each
     observation (when on, for guided PPO) + reward shaping (when on) + episode
     statistics (SB3 ``Monitor``: reward and length in TensorBoard) + train seeds + action
     log."""
     env = make_env(env_id, action_mode=action_mode, overrides=list(overrides))
     if lane_gaps:
-        env = LaneGaps(env, presence=lane_presence)
+        env = LaneGaps(env, presence=lane_presence, rear_closing=lane_rear_closing)
     if expert_labels:
         env = ExpertLabels(env)
     if shaping is not None and shaping.ttc_weight > 0:
@@ -126,5 +127,5 @@ def env_fns(cfg: TrainConfig) -> list[Callable[[], gym.Env[Any, Any]]]:
     """Picklable env factories for a vectorised env."""
     return [functools.partial(build_env, cfg.env_id, cfg.action_mode, env_overrides(cfg),
                               cfg.shaping, cfg.lane_gaps, cfg.expert_guided,
-                              cfg.lane_presence)
+                              cfg.lane_presence, cfg.lane_rear_closing)
             for _ in range(cfg.num_envs)]

@@ -29,7 +29,7 @@ from agents.saving import (
 )
 from envs.driving_env import DrivingEnv
 from perception.checkpoint import load_encoder
-from planning.lane_gaps import FEATURES, PRESENCE_FEATURES, LaneGapSensor, decision_period_s
+from planning.lane_gaps import LaneGapSensor, decision_period_s
 
 
 class AgentLoadError(ValueError):
@@ -143,10 +143,17 @@ class TrainedPolicy:
             raise AgentLoadError(f"{self.name} measures lane gaps with the lidar; drive it "
                                  "in an env with sensors.lidar=true (its env overrides)")
         if self.lane_gaps is None:
-            # Agents saved before lane_presence, or without it, read six features.
+            # Agents saved before these options have no key for them: off.
+            cfg = self.meta["config"]
+            presence = bool(cfg.get("lane_presence", False))
+            rear_closing = bool(cfg.get("lane_rear_closing", False))
+            width = LaneGapSensor.width(presence, rear_closing)
             space = self.policy.observation_space.spaces["lane_gaps"]
-            presence = space.shape == (len(FEATURES) + len(PRESENCE_FEATURES),)
-            self.lane_gaps = LaneGapSensor(decision_period_s(env), presence)
+            if space.shape != (width,):
+                raise AgentLoadError(f"{self.name} reads {space.shape[0]} lane-gap features "
+                                     f"but its config (lane_presence={presence}, "
+                                     f"lane_rear_closing={rear_closing}) gives {width}")
+            self.lane_gaps = LaneGapSensor(decision_period_s(env), presence, rear_closing)
         return {**obs, "lane_gaps": self.lane_gaps(env.unwrapped, obs["lidar"])}
 
     def observation(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -28,6 +28,13 @@ on-ramp the gaps cannot tell the moment a merge becomes possible from the moment
 blocks it. With ``presence`` two more features say which neighbours exist, from the map
 at the ego's place (:func:`lanes_beside`): ``left_lane`` and ``right_lane``, 1 where
 there is a lane in the ego's direction beside its own, else 0.
+
+The gap behind says where the car in the next lane is, not how fast it comes: a merge
+into a gap of 20 m is safe in front of a car at the ego's speed and not in front of one
+10 m/s faster (the expert's own lane-change check reads that speed from the traffic
+state). With ``rear_closing`` two more features, :data:`REAR_CLOSING_FEATURES`, say how
+fast the nearest car behind in the left and the right lane comes nearer [m/s], tracked
+between decisions as the lead is (:func:`rear_closing_speed`); 0 where nothing is behind.
 """
 
 from __future__ import annotations
@@ -49,6 +56,8 @@ FEATURES = ("ahead_m", "closing_mps", "left_ahead_m", "left_behind_m", "right_ah
             "right_behind_m")
 #: Names of the features ``presence`` appends, in order.
 PRESENCE_FEATURES = ("left_lane", "right_lane")
+#: Names of the features ``rear_closing`` appends (after the presence flags), in order.
+REAR_CLOSING_FEATURES = ("left_behind_closing_mps", "right_behind_closing_mps")
 #: Closing speeds are clipped to +-this [m/s]; it also bounds how far the lead may have
 #: moved, relative to the ego, since the previous decision when it is matched.
 MAX_CLOSING_MPS = 25.0
@@ -70,11 +79,14 @@ class LaneScan:
         points: The hits in the ego frame, ``(n, 2)`` (x forward, y left) [m].
         lead: The ego-frame point of the nearest hit ahead in the ego's lane, ``(2,)``
             [m], or ``None`` when nothing is there.
+        rears: The ego-frame points of the nearest hits behind in the left and the right
+            lane, each ``(2,)`` [m] or ``None``.
     """
 
     gaps: NDArray[np.float64]
     points: NDArray[np.float64]
     lead: NDArray[np.float64] | None
+    rears: tuple[NDArray[np.float64] | None, NDArray[np.float64] | None] = (None, None)
 
 
 def lane_gaps(env: DrivingEnv, ranges: NDArray[Any]) -> NDArray[np.float64]:
@@ -132,6 +144,7 @@ def scan_lanes(env: DrivingEnv, ranges: NDArray[Any]) -> LaneScan:
     behind_dist = -ex - half_len
     gaps = []
     lead = None
+    rears: list[NDArray[np.float64] | None] = []
     for k, (lo, hi) in enumerate(bands):
         in_band = forward & (lat > lo) & (lat <= hi)
         gaps.append(gap(in_band, ahead_dist))
@@ -141,7 +154,13 @@ def scan_lanes(env: DrivingEnv, ranges: NDArray[Any]) -> LaneScan:
         if k > 0:
             behind = (~forward) & (lat_behind > lo) & (lat_behind <= hi)
             gaps.append(gap(behind, behind_dist))
-    return LaneScan(np.asarray(gaps), np.column_stack([ex, ey]), lead)
+            rear = None
+            if behind.any():
+                nearest = np.flatnonzero(behind)[np.argmin(behind_dist[behind])]
+                rear = np.array([ex[nearest], ey[nearest]])
+            rears.append(rear)
+    return LaneScan(np.asarray(gaps), np.column_stack([ex, ey]), lead,
+                    (rears[0], rears[1]))
 
 
 def closing_speed(lead: NDArray[np.float64] | None, points: NDArray[np.float64],
@@ -183,6 +202,32 @@ def closing_speed(lead: NDArray[np.float64] | None, points: NDArray[np.float64],
     return float(np.clip((before - rear) / period_s, -MAX_CLOSING_MPS, MAX_CLOSING_MPS))
 
 
+def rear_closing_speed(rear: NDArray[np.float64] | None, points: NDArray[np.float64],
+                       previous_points: NDArray[np.float64] | None, period_s: float) -> float:
+    """How fast a car behind comes nearer, from this scan and the previous one [m/s].
+
+    :func:`closing_speed` looking backwards: with the ego frame mirrored front to back
+    the car behind is a lead, and its front (the frontmost return of its band) is
+    tracked as the lead's rear is.
+
+    Args:
+        rear: The car's nearest return now (ego frame, behind the ego) [m], or ``None``.
+        points: This scan's returns ``(n, 2)`` (ego frame) [m].
+        previous_points: The previous scan's returns ``(n, 2)``, or ``None``.
+        period_s: Time between the two scans [s].
+
+    Returns:
+        The closing speed, positive when the car behind comes nearer; 0 when nothing is
+        behind or it was not seen before.
+    """
+    if rear is None:
+        return 0.0
+    mirror = np.array([-1.0, 1.0])
+    return closing_speed(rear * mirror, points * mirror,
+                         None if previous_points is None else previous_points * mirror,
+                         period_s)
+
+
 def lanes_beside(env: DrivingEnv) -> tuple[float, float]:
     """Whether the map has a lane in the ego's direction left and right of the ego's
     lane, at its place: ``(left, right)``, each 1.0 or 0.0 (both 0 off the map).
@@ -211,11 +256,14 @@ class LaneGapSensor:
     Args:
         period_s: Time between two calls (the decision period) [s].
         presence: Append :data:`PRESENCE_FEATURES` (:func:`lanes_beside`).
+        rear_closing: Append :data:`REAR_CLOSING_FEATURES` (:func:`rear_closing_speed`).
     """
 
-    def __init__(self, period_s: float, presence: bool = False) -> None:
+    def __init__(self, period_s: float, presence: bool = False,
+                 rear_closing: bool = False) -> None:
         self.period_s = period_s
         self.presence = presence
+        self.rear_closing = rear_closing
         self.previous_points: NDArray[np.float64] | None = None
         self.last: NDArray[np.float32] | None = None  # the features last returned
 
@@ -225,14 +273,23 @@ class LaneGapSensor:
         self.last = None
 
     def __call__(self, env: DrivingEnv, ranges: NDArray[Any]) -> NDArray[np.float32]:
-        """The features of :data:`FEATURES` (and :data:`PRESENCE_FEATURES`) for the
-        current state."""
+        """The features of :data:`FEATURES` (and :data:`PRESENCE_FEATURES`,
+        :data:`REAR_CLOSING_FEATURES`) for the current state."""
         scan = scan_lanes(env, ranges)
-        closing = closing_speed(scan.lead, scan.points, self.previous_points, self.period_s)
-        self.previous_points = scan.points
+        previous, self.previous_points = self.previous_points, scan.points
+        closing = closing_speed(scan.lead, scan.points, previous, self.period_s)
         beside = lanes_beside(env) if self.presence else ()
-        self.last = np.array([scan.gaps[0], closing, *scan.gaps[1:], *beside], np.float32)
+        rears = tuple(rear_closing_speed(rear, scan.points, previous, self.period_s)
+                      for rear in scan.rears) if self.rear_closing else ()
+        self.last = np.array([scan.gaps[0], closing, *scan.gaps[1:], *beside, *rears],
+                             np.float32)
         return self.last
+
+    @staticmethod
+    def width(presence: bool, rear_closing: bool) -> int:
+        """The number of features with these options."""
+        return (len(FEATURES) + (len(PRESENCE_FEATURES) if presence else 0)
+                + (len(REAR_CLOSING_FEATURES) if rear_closing else 0))
 
 
 def decision_period_s(env: gym.Env[Any, Any]) -> float:
@@ -252,10 +309,12 @@ class LaneGaps(gym.Wrapper[dict[str, Any], Any, dict[str, Any], Any]):
         keep_ranges: Keep the raw ``lidar`` ranges in the observation too; by default the
             gaps replace them.
         presence: Append :data:`PRESENCE_FEATURES` (which neighbour lanes exist).
+        rear_closing: Append :data:`REAR_CLOSING_FEATURES` (how fast the cars behind in
+            the neighbour lanes come nearer).
     """
 
     def __init__(self, env: gym.Env[dict[str, Any], Any], keep_ranges: bool = False,
-                 presence: bool = False) -> None:
+                 presence: bool = False, rear_closing: bool = False) -> None:
         super().__init__(env)
         self.keep_ranges = keep_ranges
         driving = env.unwrapped
@@ -263,13 +322,15 @@ class LaneGaps(gym.Wrapper[dict[str, Any], Any, dict[str, Any], Any]):
             raise ValueError("lane_gaps needs the lidar: add sensors.lidar=true to the env "
                              "overrides")
         self.driving = driving
-        self.sensor = LaneGapSensor(decision_period_s(env), presence)
+        self.sensor = LaneGapSensor(decision_period_s(env), presence, rear_closing)
         limit = driving.config.sensors.lidar_config.range_m
-        width = len(FEATURES) + (len(PRESENCE_FEATURES) if presence else 0)
+        width = LaneGapSensor.width(presence, rear_closing)
         low = np.zeros(width, np.float32)
         high = np.full(width, limit, np.float32)
         low[1], high[1] = -MAX_CLOSING_MPS, MAX_CLOSING_MPS
-        high[len(FEATURES):] = 1.0  # the presence flags
+        flags = len(FEATURES) + (len(PRESENCE_FEATURES) if presence else 0)
+        high[len(FEATURES):flags] = 1.0  # the presence flags
+        low[flags:], high[flags:] = -MAX_CLOSING_MPS, MAX_CLOSING_MPS
         assert isinstance(env.observation_space, spaces.Dict)
         kept = {k: v for k, v in env.observation_space.spaces.items()
                 if keep_ranges or k != "lidar"}

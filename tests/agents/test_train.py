@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import gymnasium as gym
@@ -209,11 +210,12 @@ def test_a_camera_and_lidar_agent_sees_the_ranges_in_training_and_evaluation(
     env.close()
 
 
-@pytest.mark.parametrize("presence", [False, True])
-def test_a_lane_gaps_agent_measures_them_itself_in_evaluation(tmp_path: Path,
-                                                              presence: bool) -> None:
+@pytest.mark.parametrize(("presence", "rear_closing"), [(False, False), (True, False),
+                                                      (True, True)])
+def test_a_lane_gaps_agent_measures_them_itself_in_evaluation(tmp_path: Path, presence: bool,
+                                                              rear_closing: bool) -> None:
     from agents.embedding_penalty import embedding_weights
-    from planning.lane_gaps import FEATURES, PRESENCE_FEATURES, LaneGaps
+    from planning.lane_gaps import FEATURES, PRESENCE_FEATURES, REAR_CLOSING_FEATURES, LaneGaps
 
     enc = save_encoder(tmp_path / "enc", build_encoder("nature_cnn"),
                        EncoderConfig("nature_cnn"))
@@ -221,11 +223,12 @@ def test_a_lane_gaps_agent_measures_them_itself_in_evaluation(tmp_path: Path,
     cfg = load_train_config(overrides=[
         "algo=bc", f"encoder={enc}", "bc.episodes=1", "bc.max_steps=10", "bc.epochs=1",
         "lane_gaps=true", f"env_overrides=[{','.join(overrides)}]", "bc.embedding_l2=0.3",
-        f"lane_presence={presence}"])
+        f"lane_presence={presence}", f"lane_rear_closing={rear_closing}"])
     result = train(cfg, tmp_path / "bc", progress=False)
     meta = json.loads((result.agent_dir / "agent.json").read_text())
     spaces_ = meta["observation_space"]["spaces"]
-    width = len(FEATURES) + (len(PRESENCE_FEATURES) if presence else 0)
+    width = (len(FEATURES) + (len(PRESENCE_FEATURES) if presence else 0)
+             + (len(REAR_CLOSING_FEATURES) if rear_closing else 0))
     assert spaces_["lane_gaps"]["shape"] == [width] and "lidar" not in spaces_
     assert "lane_gaps" in meta["normalization"]["obs"]
     # With bc.embedding_l2 the actor starts blind to the embedding, and one small fit
@@ -238,7 +241,8 @@ def test_a_lane_gaps_agent_measures_them_itself_in_evaluation(tmp_path: Path,
     agent = load_agent(result.agent_dir)
     bare = gym.make("bulletdrive/Highway-v0", action_mode="behavior", overrides=overrides)
     wrapped = LaneGaps(gym.make("bulletdrive/Highway-v0", action_mode="behavior",
-                                overrides=overrides), presence=presence)
+                                overrides=overrides), presence=presence,
+                       rear_closing=rear_closing)
     agent.reset()
     obs, _ = bare.reset(seed=200_003)
     ref, _ = wrapped.reset(seed=200_003)
@@ -251,6 +255,13 @@ def test_a_lane_gaps_agent_measures_them_itself_in_evaluation(tmp_path: Path,
         ref, *_ = wrapped.step(action)
     with pytest.raises(ValueError, match="pass the env to act"):
         load_agent(result.agent_dir).act(obs)
+    # An agent description whose lane options do not give its saved width is refused.
+    tampered = tmp_path / "tampered"
+    shutil.copytree(result.agent_dir, tampered)
+    meta["config"]["lane_presence"] = not presence
+    (tampered / "agent.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=f"reads {width} lane-gap features but its config"):
+        load_agent(tampered).act(obs, bare)
     with pytest.raises(ValueError, match="measures lane gaps with the lidar"):
         load_agent(result.agent_dir).act({k: v for k, v in obs.items() if k != "lidar"}, bare)
     bare.close()

@@ -18,12 +18,14 @@ from envs.driving_env import DrivingEnv
 from planning.lane_gaps import (
     FEATURES,
     PRESENCE_FEATURES,
+    REAR_CLOSING_FEATURES,
     LaneGaps,
     LaneGapSensor,
     closing_speed,
     decision_period_s,
     lane_gaps,
     lanes_beside,
+    rear_closing_speed,
 )
 from planning.make import make_env
 from tests.planning.test_safety import QUIET, place_vehicle
@@ -92,6 +94,44 @@ def test_closing_speed_is_the_gap_change_over_the_period(env: DrivingEnv) -> Non
     assert second[1] == pytest.approx(10.0, abs=1.0)
     sensor.reset()
     assert sensor(env, scan(env))[1] == 0.0
+
+
+def test_rear_closing_speed_is_the_gap_behind_shrinking_over_the_period(
+        env: DrivingEnv) -> None:
+    sensor = LaneGapSensor(period_s=0.3, rear_closing=True)
+    place_vehicle(env, -25.0, 5.0, lane_offset=1)  # left lane, behind
+    first = sensor(env, scan(env))
+    assert first.shape == (len(FEATURES) + len(REAR_CLOSING_FEATURES),)
+    assert first[-2:].tolist() == [0.0, 0.0]  # nothing to compare with yet
+    place_vehicle(env, -22.0, 5.0, lane_offset=1)  # 3 m nearer in 0.3 s: 10 m/s faster
+    second = sensor(env, scan(env))
+    assert second[3] == pytest.approx(expected_gap(env, 22.0), abs=0.3)
+    assert second[-2] == pytest.approx((first[3] - second[3]) / 0.3, rel=1e-5)
+    assert second[-2] == pytest.approx(10.0, abs=1.0)
+    assert second[-1] == 0.0  # nothing behind on the right
+    place_vehicle(env, -23.5, 5.0, lane_offset=1)  # falling back at 5 m/s
+    assert sensor(env, scan(env))[-2] == pytest.approx(-5.0, abs=1.0)
+    sensor.reset()
+    place_vehicle(env, -15.0, 5.0, lane_offset=-1)  # right lane
+    sensor(env, scan(env))
+    place_vehicle(env, -14.4, 5.0, lane_offset=-1)
+    now = sensor(env, scan(env))
+    assert now[-2] == 0.0 and now[-1] == pytest.approx(2.0, abs=1.0)
+
+
+def test_rear_closing_speed_tracks_the_front_of_the_car_behind() -> None:
+    # Previous scan: the front of a car behind in the left lane at -20 m, a beam on its
+    # side at -22 m; a car ahead in the same lane that must not be taken for it.
+    previous = np.array([[-20.0, 3.5], [-22.0, 4.4], [15.0, 3.5]])
+    # Now the nearest return is the side (a beam missed the front), the front is 1 m
+    # nearer than before.
+    points = np.array([[-19.2, 4.4], [-19.0, 3.4], [15.0, 3.5]])
+    rear = points[0]
+    assert rear_closing_speed(rear, points, previous, 0.5) == pytest.approx(2.0)
+    assert rear_closing_speed(rear, points, None, 0.5) == 0.0  # first scan
+    assert rear_closing_speed(None, points, previous, 0.5) == 0.0  # nothing behind
+    # Falling back: its front was at -18 m.
+    assert rear_closing_speed(rear, points, previous + [2.0, 0.0], 0.5) == pytest.approx(-2.0)
 
 
 def test_a_lead_without_a_past_reads_no_closing_speed(env: DrivingEnv) -> None:
@@ -173,6 +213,28 @@ def test_the_wrapper_appends_the_presence_on_request() -> None:
     with pytest.raises(ConfigError, match="lane_presence extends the lane gaps: set "
                                           "lane_gaps=true too"):
         load_train_config(overrides=["lane_presence=true"])
+
+
+def test_the_wrapper_appends_the_rear_closing_speeds_after_the_presence() -> None:
+    env = LaneGaps(make_env("Highway-v0", action_mode="behavior", overrides=[*QUIET, *LIDAR]),
+                   presence=True, rear_closing=True)
+    try:
+        space = env.observation_space["lane_gaps"]  # type: ignore[index]
+        width = len(FEATURES) + len(PRESENCE_FEATURES) + len(REAR_CLOSING_FEATURES)
+        assert space.shape == (width,)
+        assert space.high[-4:-2].tolist() == [1.0, 1.0]  # the presence flags
+        assert space.low[-2:].tolist() == [-25.0, -25.0]
+        assert space.high[-2:].tolist() == [25.0, 25.0]
+        obs, _ = env.reset(seed=299_702, options={"start_lane": "main/f0", "start_s_m": 100.0})
+        assert obs["lane_gaps"][-4:-2].tolist() == [0.0, 1.0]
+        for _ in range(3):
+            assert env.observation_space.contains(obs)
+            obs, *_ = env.step(0)
+    finally:
+        env.close()
+    with pytest.raises(ConfigError, match="lane_rear_closing extends the lane gaps: set "
+                                          "lane_gaps=true too"):
+        load_train_config(overrides=["lane_rear_closing=true"])
 
 
 def test_without_the_lidar_is_a_clear_error() -> None:
