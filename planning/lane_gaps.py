@@ -331,7 +331,7 @@ class LaneGaps(gym.Wrapper[dict[str, Any], Any, dict[str, Any], Any]):
         low = np.zeros(width, np.float32)
         high = np.full(width, limit, np.float32)
         low[1], high[1] = -MAX_CLOSING_MPS, MAX_CLOSING_MPS
-        flags = len(FEATURES) + (len(PRESENCE_FEATURES) if presence else 0)
+        flags = LaneGapSensor.width(presence, rear_closing=False)
         high[len(FEATURES):flags] = 1.0  # the presence flags
         low[flags:], high[flags:] = -MAX_CLOSING_MPS, MAX_CLOSING_MPS
         assert isinstance(env.observation_space, spaces.Dict)
