@@ -33,7 +33,7 @@ from tqdm import tqdm
 from agents.config import TrainConfig
 from agents.embedding_history import EpisodeHistory, stacked_space
 from agents.embedding_penalty import add_embedding_l2_gradient, zero_embedding_weights
-from agents.env_factory import VECTOR_KEYS, build_env, env_overrides
+from agents.env_factory import VECTOR_KEYS, build_env, env_overrides, lane_options
 from agents.extractors import extractor_kwargs, policy_input
 from agents.saving import normalize_obs, save_agent
 from common.config import to_dict
@@ -269,9 +269,7 @@ def train_bc(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> An
     atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     start = time.perf_counter()
     device = resolve_device(cfg.device)
-    env = build_env(cfg.env_id, cfg.action_mode, env_overrides(cfg), lane_gaps=cfg.lane_gaps,
-                    lane_presence=cfg.lane_presence,
-                    lane_rear_closing=cfg.lane_rear_closing)
+    env = build_env(cfg.env_id, cfg.action_mode, env_overrides(cfg), **lane_options(cfg))
     assert isinstance(env.observation_space, spaces.Dict)
     path = ObservationPath(cfg, env.observation_space, device)
     expert = ExpertPolicy()

@@ -123,9 +123,16 @@ def build_env(env_id: str, action_mode: str, overrides: Sequence[str],
     return ActionLog(TrainSeeds(Monitor(env)))
 
 
+def lane_options(cfg: TrainConfig) -> dict[str, bool]:
+    """:func:`build_env`'s lane-gap keywords from a run's config (one place to add an
+    option)."""
+    return {"lane_gaps": cfg.lane_gaps, "lane_presence": cfg.lane_presence,
+            "lane_rear_closing": cfg.lane_rear_closing}
+
+
 def env_fns(cfg: TrainConfig) -> list[Callable[[], gym.Env[Any, Any]]]:
     """Picklable env factories for a vectorised env."""
     return [functools.partial(build_env, cfg.env_id, cfg.action_mode, env_overrides(cfg),
-                              cfg.shaping, cfg.lane_gaps, cfg.expert_guided,
-                              cfg.lane_presence, cfg.lane_rear_closing)
+                              cfg.shaping, expert_labels=cfg.expert_guided,
+                              **lane_options(cfg))
             for _ in range(cfg.num_envs)]
