@@ -103,7 +103,7 @@ def env_overrides(cfg: TrainConfig) -> list[str]:
     return extra
 
 
-def build_env(env_id: str, action_mode: str, overrides: Sequence[str],
+def build_env(env_id: str, action_mode: str, overrides: Sequence[str], *,
               shaping: ShapingConfig | None = None, lane_gaps: bool = False,
               expert_labels: bool = False, lane_presence: bool = False,
               lane_rear_closing: bool = False) -> gym.Env[Any, Any]:
@@ -133,6 +133,6 @@ def lane_options(cfg: TrainConfig) -> dict[str, bool]:
 def env_fns(cfg: TrainConfig) -> list[Callable[[], gym.Env[Any, Any]]]:
     """Picklable env factories for a vectorised env."""
     return [functools.partial(build_env, cfg.env_id, cfg.action_mode, env_overrides(cfg),
-                              cfg.shaping, expert_labels=cfg.expert_guided,
+                              shaping=cfg.shaping, expert_labels=cfg.expert_guided,
                               **lane_options(cfg))
             for _ in range(cfg.num_envs)]
