@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any, SupportsFloat
+from typing import Any, SupportsFloat, TypedDict
 
 import gymnasium as gym
 import numpy as np
@@ -123,11 +123,19 @@ def build_env(env_id: str, action_mode: str, overrides: Sequence[str], *,
     return ActionLog(TrainSeeds(Monitor(env)))
 
 
-def lane_options(cfg: TrainConfig) -> dict[str, bool]:
+class LaneOptions(TypedDict):
+    """:func:`build_env`'s lane-gap keywords."""
+
+    lane_gaps: bool
+    lane_presence: bool
+    lane_rear_closing: bool
+
+
+def lane_options(cfg: TrainConfig) -> LaneOptions:
     """:func:`build_env`'s lane-gap keywords from a run's config (one place to add an
     option)."""
-    return {"lane_gaps": cfg.lane_gaps, "lane_presence": cfg.lane_presence,
-            "lane_rear_closing": cfg.lane_rear_closing}
+    return LaneOptions(lane_gaps=cfg.lane_gaps, lane_presence=cfg.lane_presence,
+                       lane_rear_closing=cfg.lane_rear_closing)
 
 
 def env_fns(cfg: TrainConfig) -> list[Callable[[], gym.Env[Any, Any]]]:
