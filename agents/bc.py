@@ -102,21 +102,25 @@ def normalization_stats(data: list[dict[str, np.ndarray]], keys: list[str]) -> d
 DATASET_FILE = "bc_dataset.npz"
 #: The expert's reasons stored per decision (columns of the dataset's ``expert_reasons``).
 REASON_COLUMNS = ("speed_mps", "gap_m", "lead_speed_mps", "desired_speed_mps")
-#: One driven episode: observations, the expert's labels and its reasons, per decision.
-Episode = tuple[list[dict[str, np.ndarray]], list[Any], list[tuple[float, ...]]]
+#: One driven episode, per decision: observations, the expert's labels, its reasons and
+#: whether the learner's action differed from the label (always False when the expert
+#: drives, and in the continuous modes).
+Episode = tuple[list[dict[str, np.ndarray]], list[Any], list[tuple[float, ...]], list[bool]]
 
 
 def drive(env: gym.Env[Any, Any], path: ObservationPath, expert: ExpertPolicy,
           learner: MultiInputActorCriticPolicy | None, stats: dict[str, Any] | None,
           max_steps: int, seed: int | None) -> Episode:
     """One episode; the learner drives when given (DAgger), else the expert. Returns the
-    visited observations, the expert's action at each and its reasons
-    (:data:`REASON_COLUMNS`: ego speed and the inputs of the expert's IDM)."""
+    visited observations, the expert's action at each, its reasons
+    (:data:`REASON_COLUMNS`: ego speed and the inputs of the expert's IDM) and whether the
+    learner chose another ``behavior`` meta-action than the expert."""
     obs, _ = env.reset(seed=seed)
     path.start_episode()
     observations: list[dict[str, np.ndarray]] = []
     labels: list[Any] = []
     reasons: list[tuple[float, ...]] = []
+    disagrees: list[bool] = []
     driving: Any = env.unwrapped
     for _ in range(max_steps):
         x = path(obs)
@@ -132,22 +136,26 @@ def drive(env: gym.Env[Any, Any], path: ObservationPath, expert: ExpertPolicy,
             batch = normalize_obs({k: v[None] for k, v in x.items()}, stats)
             action, _ = learner.predict(batch, deterministic=True)
             action = action[0]
+        disagrees.append(bool(np.ndim(label) == 0 and int(action) != int(label)))
         obs, _, terminated, truncated, _ = env.step(action)
         if terminated or truncated:
             break
-    return observations, labels, reasons
+    return observations, labels, reasons, disagrees
 
 
 def save_dataset(path: Path, data: list[dict[str, np.ndarray]], actions: list[Any],
-                 reasons: list[tuple[float, ...]], lengths: list[int]) -> None:
+                 reasons: list[tuple[float, ...]], lengths: list[int],
+                 differs: list[bool]) -> None:
     """Write the labelled decisions to ``path`` (atomically): one array per observation
     key (rows = decisions), ``label``, ``episode`` (index of the recorded episode; the
-    first ``bc.episodes`` are the expert's, the rest DAgger's) and ``expert_reasons``
-    ``(rows, 4)`` in :data:`REASON_COLUMNS` order."""
+    first ``bc.episodes`` are the expert's, the rest DAgger's), ``expert_reasons``
+    ``(rows, 4)`` in :data:`REASON_COLUMNS` order and ``learner_differs`` (the DAgger
+    learner chose another action than the label)."""
     arrays: dict[str, Any] = {k: np.stack([d[k] for d in data]) for k in data[0]}
     arrays["label"] = np.asarray(actions)
     arrays["episode"] = np.repeat(np.arange(len(lengths)), lengths)
     arrays["expert_reasons"] = np.asarray(reasons, np.float64)
+    arrays["learner_differs"] = np.asarray(differs, bool)
 
     def write(tmp: Path) -> None:
         with tmp.open("wb") as f:
@@ -185,9 +193,12 @@ class EpisodeSplit:
 
 def fit(policy: MultiInputActorCriticPolicy, data: list[dict[str, np.ndarray]],
         actions: list[Any], is_val: np.ndarray, stats: dict[str, Any], cfg: TrainConfig,
-        generator: torch.Generator, device: torch.device) -> dict[str, float]:
+        generator: torch.Generator, device: torch.device,
+        row_weights: np.ndarray | None = None) -> dict[str, float]:
     """Maximum-likelihood fit of the policy's action distribution, with early stopping on
     held-out episodes (``is_val`` per row, see :class:`EpisodeSplit`; ``bc.patience``).
+    Each row's log-likelihood is weighted by ``bc.action_weights`` of its label times
+    ``row_weights`` (per row; None: all 1).
 
     Returns:
         ``train_nll`` (mean over the last epoch's minibatches), ``val_nll`` (of the kept
@@ -204,6 +215,9 @@ def fit(policy: MultiInputActorCriticPolicy, data: list[dict[str, np.ndarray]],
     row_weight = (torch.as_tensor(cfg.bc.action_weights, dtype=torch.float32,
                                   device=device)[target.long()]
                   if cfg.bc.action_weights else torch.ones(len(target), device=device))
+    if row_weights is not None:
+        row_weight = row_weight * torch.as_tensor(row_weights, dtype=torch.float32,
+                                                  device=device)
     # bc.embedding_l2: the same gradient hook PPO uses, for this fit only.
     penalty = (add_embedding_l2_gradient(policy, cfg.bc.embedding_l2)
                if cfg.bc.embedding_l2 > 0.0 else None)
@@ -290,15 +304,21 @@ def train_bc(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> An
     first_seed: int | None = cfg.seed  # later resets draw train seeds
     reasons: list[tuple[float, ...]] = []
     lengths: list[int] = []
+    disagrees: list[bool] = []
 
     def keep(episode: Episode) -> None:
-        obs, acts, why = episode
+        obs, acts, why, differs = episode
         split.add(len(obs))
         data.extend(obs)
         actions.extend(acts)
         reasons.extend(why)
+        disagrees.extend(differs)
         lengths.append(len(obs))
         bar.update(1)
+
+    def weights() -> np.ndarray:
+        # bc.disagreement_weight on the DAgger rows where the learner erred, 1 elsewhere.
+        return np.where(np.asarray(disagrees, bool), cfg.bc.disagreement_weight, 1.0)
 
     for _ in range(cfg.bc.episodes):
         keep(drive(env, path, expert, None, None, cfg.bc.max_steps, first_seed))
@@ -310,15 +330,17 @@ def train_bc(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> An
         for _ in range(cfg.bc.dagger_episodes):
             keep(drive(env, path, expert, policy, stats, cfg.bc.max_steps, None))
         stats = normalization_stats(data, vector_keys)
-        fit_info = fit(policy, data, actions, split.is_val(), stats, cfg, generator, device)
+        fit_info = fit(policy, data, actions, split.is_val(), stats, cfg, generator, device,
+                       weights())
     bar.close()
     env.close()
     if cfg.bc.save_dataset:
-        save_dataset(out / DATASET_FILE, data, actions, reasons, lengths)
+        save_dataset(out / DATASET_FILE, data, actions, reasons, lengths, disagrees)
     agent_dir = save_agent(out / "final", policy, cfg, None, algo="bc", normalization=stats,
                            extra={"bc_samples": len(data), "bc_final_nll": fit_info["train_nll"],
                                   "bc_val_nll": (None if math.isnan(fit_info["val_nll"])
                                                  else fit_info["val_nll"]),
                                   "bc_epochs": fit_info["epochs"],
+                                  "bc_learner_disagreements": int(np.sum(disagrees)),
                                   "bc_label_counts": label_counts(actions)})
     return TrainResult(out, agent_dir, len(data), 0, (time.perf_counter() - start) / 60.0)

@@ -133,6 +133,12 @@ class BCConfig:
             negative log-likelihood, one per action in ``MetaAction`` order (keep, left,
             right, faster, slower, stop); empty (the default): all 1. Up-weighting the
             rare braking labels (README, agents section).
+        disagreement_weight: ``behavior`` mode with DAgger: weight in the negative
+            log-likelihood of the DAgger decisions where the learner's own action (the one
+            it drove with) differed from the expert's label; the other rows weigh 1.
+            A rare mistake that ends an episode (a lane change into a car on the on-ramp)
+            otherwise counts once among hundreds of cruising decisions. 1 (the default):
+            no change. Multiplies ``action_weights``.
         save_dataset: Also write the labelled decisions, with the expert's reasons, to
             ``<out>/bc_dataset.npz`` (``agents.bc.save_dataset``).
         embedding_l2: ``frozen`` path: L2 penalty on the actor's first-layer weights that
@@ -153,6 +159,7 @@ class BCConfig:
     val_fraction: float = 0.0
     patience: int = 5
     action_weights: tuple[float, ...] = ()
+    disagreement_weight: float = 1.0
     save_dataset: bool = False
     embedding_l2: float = 0.0
 
@@ -163,6 +170,8 @@ class BCConfig:
                 f"bc.action_weights must all be > 0, got {list(self.action_weights)}")
         require(self.patience >= 1 and self.epochs >= 1, "bc.patience and bc.epochs must be "
                 ">= 1")
+        require(self.disagreement_weight > 0.0,
+                f"bc.disagreement_weight must be > 0, got {self.disagreement_weight}")
 
 
 @dataclass(frozen=True)
@@ -300,6 +309,12 @@ class TrainConfig:
                 raise ConfigError(f"{name} needs action_mode 'behavior' and one weight per "
                                   f"meta-action ({', '.join(a.name.lower() for a in MetaAction)}"
                                   f"), got {len(weights)} for '{self.action_mode}'")
+        if self.bc.disagreement_weight != 1.0 and (self.action_mode != "behavior"
+                                                   or self.bc.dagger_iterations == 0):
+            raise ConfigError("bc.disagreement_weight weighs the DAgger decisions where the "
+                              "learner's meta-action differs from the expert's: it needs "
+                              "action_mode 'behavior' and bc.dagger_iterations >= 1, got "
+                              f"'{self.action_mode}' and {self.bc.dagger_iterations}")
         for name, l2 in (("bc", self.bc.embedding_l2), ("ppo", self.ppo.embedding_l2)):
             if l2 > 0.0 and self.obs != "frozen":
                 raise ConfigError(f"{name}.embedding_l2 penalises the frozen path's embedding "

@@ -36,8 +36,11 @@ from common.io import write_json_or_report
 from perception.probes import r2_score
 from planning.action_modes import MetaAction
 
-#: Keys of a dataset file that are not observations.
-NON_OBSERVATION_KEYS = ("label", "episode", "expert_reasons")
+#: Keys every dataset file has besides the observations.
+REQUIRED_KEYS = ("label", "episode", "expert_reasons")
+#: Keys of a dataset file that are not observations (``learner_differs``: datasets
+#: written before it existed lack it).
+NON_OBSERVATION_KEYS = (*REQUIRED_KEYS, "learner_differs")
 #: Labels whose recall is reported.
 RECALL_LABELS = (MetaAction.KEEP_LANE, MetaAction.FASTER, MetaAction.SLOWER, MetaAction.STOP)
 #: Gaps are clipped here: the expert's free-road gap is a large sentinel [m].
@@ -99,7 +102,7 @@ def load_dataset(path: str | Path) -> dict[str, NDArray[np.generic]]:
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read BC dataset {p}: {exc} (write one with "
                          "`bulletdrive train --algo bc --set bc.save_dataset=true`)") from exc
-    missing = [k for k in NON_OBSERVATION_KEYS if k not in data]
+    missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise ValueError(f"{p} is not a BC dataset: missing {missing}")
     if data["label"].ndim != 1 or not np.issubdtype(data["label"].dtype, np.integer):

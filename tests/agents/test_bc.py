@@ -1,9 +1,10 @@
-"""Behaviour cloning's fit: held-out episodes, early stopping, action weights and the
-embedding penalty."""
+"""Behaviour cloning's fit: held-out episodes, early stopping, action weights, the weight
+of the learner's mistakes and the embedding penalty."""
 
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,15 +12,18 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 
-from agents.bc import EpisodeSplit, fit, label_counts, normalization_stats
+from agents.bc import EpisodeSplit, ObservationPath, drive, fit, label_counts, normalization_stats
 from agents.config import load_train_config
 from agents.embedding_penalty import (
     embedding_columns,
     embedding_weights,
     zero_embedding_weights,
 )
+from agents.env_factory import build_env
 from agents.saving import normalize_obs
 from common.config import ConfigError
+from planning.action_modes import MetaAction
+from planning.policies import ExpertPolicy
 
 
 def test_episodes_are_assigned_to_validation_once_and_whole() -> None:
@@ -74,26 +78,32 @@ def test_fit_stops_when_validation_stops_improving_and_keeps_the_best_weights() 
     assert float(-log_prob.mean()) == pytest.approx(info["val_nll"], rel=1e-4)
 
 
-def test_action_weights_scale_each_label_in_the_likelihood() -> None:
-    # With inputs that carry no information the fit converges to the label frequencies;
-    # weighting a label by w multiplies its count by w in that optimum (closed form).
-    counts = np.array([60, 5, 5, 10, 15, 5])
-    weights = np.array([1.0, 1.0, 1.0, 1.0, 3.0, 2.0])
-    actions = np.repeat(np.arange(6), counts).tolist()
+def _uninformed_fit(actions: list[int], overrides: list[str],
+                    row_weights: np.ndarray | None = None) -> np.ndarray:
+    """Fits a small policy to ``actions`` from inputs that carry no information and
+    returns its action probabilities."""
     data = [{"measurements": np.zeros(4, np.float32)} for _ in actions]
     cfg = load_train_config(overrides=["bc.epochs=300", "bc.batch_size=100",
-                                       "bc.learning_rate=0.01",
-                                       f"bc.action_weights={weights.tolist()}"])
+                                       "bc.learning_rate=0.01", *overrides])
     space = spaces.Dict({"measurements": spaces.Box(-np.inf, np.inf, (4,), np.float32)})
     torch.manual_seed(0)
     policy = MultiInputActorCriticPolicy(space, spaces.Discrete(6), lambda _: 1e-3,
                                          net_arch=[16])
     stats = normalization_stats(data, ["measurements"])
     fit(policy, data, actions, np.zeros(len(actions), bool), stats, cfg,
-        torch.Generator().manual_seed(0), torch.device("cpu"))
+        torch.Generator().manual_seed(0), torch.device("cpu"), row_weights=row_weights)
     with torch.no_grad():
         dist = policy.get_distribution({"measurements": torch.zeros(1, 4)})
-        probs = dist.distribution.probs[0].numpy()
+        return np.asarray(dist.distribution.probs[0].numpy())
+
+
+def test_action_weights_scale_each_label_in_the_likelihood() -> None:
+    # With inputs that carry no information the fit converges to the label frequencies;
+    # weighting a label by w multiplies its count by w in that optimum (closed form).
+    counts = np.array([60, 5, 5, 10, 15, 5])
+    weights = np.array([1.0, 1.0, 1.0, 1.0, 3.0, 2.0])
+    actions = np.repeat(np.arange(6), counts).tolist()
+    probs = _uninformed_fit(actions, [f"bc.action_weights={weights.tolist()}"])
     expected = counts * weights / (counts * weights).sum()
     np.testing.assert_allclose(probs, expected, atol=0.01)
 
@@ -159,3 +169,56 @@ def test_the_embedding_penalty_needs_the_frozen_path() -> None:
         load_train_config(overrides=["bc.embedding_l2=-1"])
     with pytest.raises(ConfigError, match="obs 'privileged' has none"):
         load_train_config(overrides=["obs=privileged", "bc.embedding_l2=0.5"])
+
+
+def test_row_weights_scale_each_row_in_the_likelihood() -> None:
+    # As above, with weights per row rather than per label: rows of one label are split
+    # into a weighted and an unweighted half, so the optimum is the weighted frequency.
+    actions = [0] * 60 + [1] * 40
+    rows = np.ones(len(actions))
+    rows[80:] = 4.0  # half of the label-1 rows
+    probs = _uninformed_fit(actions, [], row_weights=rows)
+    np.testing.assert_allclose(probs[:2], [60 / 160, 100 / 160], atol=0.01)
+
+
+class _AlwaysAct:
+    """A stand-in learner that always chooses one meta-action."""
+
+    def __init__(self, action: MetaAction) -> None:
+        self.action = action
+
+    def predict(self, obs: object, deterministic: bool = True) -> tuple[np.ndarray, None]:
+        return np.array([self.action.value]), None
+
+
+def test_drive_marks_the_decisions_where_the_learner_differs_from_the_expert() -> None:
+    cfg = load_train_config(overrides=["algo=bc", "obs=privileged"])
+    env = build_env(cfg.env_id, cfg.action_mode, ["traffic.num_vehicles=4"])
+    assert isinstance(env.observation_space, spaces.Dict)
+    path = ObservationPath(cfg, env.observation_space, torch.device("cpu"))
+    learner: Any = _AlwaysAct(MetaAction.SLOWER)
+    no_stats = {"obs": {}, "epsilon": 1e-8, "clip_obs": 10.0}
+    obs, labels, _, differs = drive(env, path, ExpertPolicy(), learner, no_stats,
+                                    max_steps=15, seed=3)
+    assert len(differs) == len(labels) == len(obs) == 15
+    assert differs == [int(a) != MetaAction.SLOWER.value for a in labels]
+    assert any(differs)  # the expert does not brake every decision on a free road
+    _, expert_labels, _, expert_differs = drive(env, path, ExpertPolicy(), None, None,
+                                                max_steps=15, seed=3)
+    assert not any(expert_differs) and len(expert_labels) == 15
+    env.close()
+
+
+@pytest.mark.parametrize("overrides", [
+    ["bc.disagreement_weight=5", "action_mode=control", "bc.dagger_iterations=1"],
+    ["bc.disagreement_weight=5", "bc.dagger_iterations=0"],
+])
+def test_disagreement_weight_needs_behavior_and_dagger(overrides: list[str]) -> None:
+    with pytest.raises(ConfigError, match="needs action_mode 'behavior' and "
+                                          "bc.dagger_iterations >= 1"):
+        load_train_config(overrides=["algo=bc", *overrides])
+
+
+def test_disagreement_weight_must_be_positive() -> None:
+    with pytest.raises(ConfigError, match="bc.disagreement_weight must be > 0"):
+        load_train_config(overrides=["bc.disagreement_weight=0"])

@@ -120,7 +120,7 @@ def test_behaviour_cloning_with_dagger_writes_a_loadable_agent(tmp_path: Path) -
     cfg = load_train_config(overrides=[
         "algo=bc", "obs=privileged", "bc.episodes=2", "bc.max_steps=20",
         "bc.dagger_iterations=1", "bc.dagger_episodes=1", "bc.epochs=2",
-        "bc.save_dataset=true"])
+        "bc.save_dataset=true", "bc.disagreement_weight=3"])
     result = train(cfg, tmp_path / "bc", progress=False)
     meta = json.loads((result.agent_dir / "agent.json").read_text())
     assert meta["algo"] == "bc" and meta["bc_samples"] == result.num_timesteps >= 40
@@ -134,6 +134,9 @@ def test_behaviour_cloning_with_dagger_writes_a_loadable_agent(tmp_path: Path) -
     assert set(np.unique(data["episode"]).tolist()) == {0, 1, 2}  # 2 expert + 1 DAgger
     np.testing.assert_array_equal(np.bincount(data["label"], minlength=6),
                                   list(meta["bc_label_counts"].values()))
+    # Only the DAgger episode's rows can be the learner's mistakes.
+    assert not data["learner_differs"][data["episode"] < 2].any()
+    assert meta["bc_learner_disagreements"] == int(data["learner_differs"].sum())
     agent = load_agent(result.agent_dir)
     env = gym.make("bulletdrive/Highway-v0", action_mode="behavior",
                    overrides=["sensors.state=true", "sensors.camera=false"])
