@@ -7,6 +7,10 @@
    likelihood of the expert's actions.
 3. DAgger (``bc.dagger_iterations > 0``): drive the learner, label the states it visits
    with the expert, add them and fit again.
+
+Focus episodes (``bc.focus_episodes``, ``bc.focus_dagger_episodes``) are short extra
+episodes, expert and DAgger, in a variant of the env (``bc.focus_overrides``) that
+makes a rare situation common, such as starting on the on-ramp.
 4. Save it as an agent directory, loadable wherever a policy name is accepted.
 
 With ``bc.save_dataset`` the labelled decisions are also written to
@@ -299,7 +303,13 @@ def train_bc(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> An
     data: list[dict[str, np.ndarray]] = []
     actions: list[Any] = []
     split = EpisodeSplit(cfg.bc.val_fraction, cfg.seed)
-    bar = tqdm(total=cfg.bc.episodes + cfg.bc.dagger_iterations * cfg.bc.dagger_episodes,
+    bc = cfg.bc
+    # Focus episodes: the same observation path and wrappers, the variant's overrides.
+    focus_env = (build_env(cfg.env_id, cfg.action_mode,
+                           [*env_overrides(cfg), *bc.focus_overrides], **lane_options(cfg))
+                 if bc.focus_episodes + bc.focus_dagger_episodes > 0 else None)
+    bar = tqdm(total=bc.episodes + bc.focus_episodes
+               + bc.dagger_iterations * (bc.dagger_episodes + bc.focus_dagger_episodes),
                desc="bc episodes", disable=not progress)
     first_seed: int | None = cfg.seed  # later resets draw train seeds
     reasons: list[tuple[float, ...]] = []
@@ -320,20 +330,33 @@ def train_bc(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> An
         # bc.disagreement_weight on the DAgger rows where the learner erred, 1 elsewhere.
         return np.where(np.asarray(disagrees, bool), cfg.bc.disagreement_weight, 1.0)
 
-    for _ in range(cfg.bc.episodes):
-        keep(drive(env, path, expert, None, None, cfg.bc.max_steps, first_seed))
+    for _ in range(bc.episodes):
+        keep(drive(env, path, expert, None, None, bc.max_steps, first_seed))
         first_seed = None
+    # Its own seed sequence (train range), so adding focus episodes leaves the others.
+    focus_seed: int | None = cfg.seed + 1
+    if focus_env is not None:
+        for _ in range(bc.focus_episodes):
+            keep(drive(focus_env, path, expert, None, None, bc.focus_max_steps, focus_seed))
+            focus_seed = None
     vector_keys = [k for k in path.space.spaces if k != "camera"]
     stats = normalization_stats(data, vector_keys)
     fit_info = fit(policy, data, actions, split.is_val(), stats, cfg, generator, device)
-    for _ in range(cfg.bc.dagger_iterations):
-        for _ in range(cfg.bc.dagger_episodes):
-            keep(drive(env, path, expert, policy, stats, cfg.bc.max_steps, None))
+    for _ in range(bc.dagger_iterations):
+        for _ in range(bc.dagger_episodes):
+            keep(drive(env, path, expert, policy, stats, bc.max_steps, None))
+        if focus_env is not None:
+            for _ in range(bc.focus_dagger_episodes):
+                keep(drive(focus_env, path, expert, policy, stats, bc.focus_max_steps,
+                           focus_seed))
+                focus_seed = None
         stats = normalization_stats(data, vector_keys)
         fit_info = fit(policy, data, actions, split.is_val(), stats, cfg, generator, device,
                        weights())
     bar.close()
     env.close()
+    if focus_env is not None:
+        focus_env.close()
     if cfg.bc.save_dataset:
         save_dataset(out / DATASET_FILE, data, actions, reasons, lengths, disagrees)
     agent_dir = save_agent(out / "final", policy, cfg, None, algo="bc", normalization=stats,

@@ -139,6 +139,17 @@ class BCConfig:
             A rare mistake that ends an episode (a lane change into a car on the on-ramp)
             otherwise counts once among hundreds of cruising decisions. 1 (the default):
             no change. Multiplies ``action_weights``.
+        focus_overrides: Env overrides (on top of the run's ``env_overrides``) of a
+            variant of the env for focus episodes: a rare situation that ordinary
+            episodes hold only a few decisions of, such as the on-ramp merge
+            (``[ramp_start_prob=1.0]``: about one ordinary episode in six merges, and
+            the merge is decided in a handful of its 400 decisions).
+        focus_episodes: Expert episodes in the focus variant, recorded after the
+            ``episodes`` ordinary ones.
+        focus_dagger_episodes: Learner episodes in the focus variant per DAgger round,
+            after the round's ``dagger_episodes`` ordinary ones.
+        focus_max_steps: Decisions per focus episode at most (short: the situation is
+            near the start).
         save_dataset: Also write the labelled decisions, with the expert's reasons, to
             ``<out>/bc_dataset.npz`` (``agents.bc.save_dataset``).
         embedding_l2: ``frozen`` path: L2 penalty on the actor's first-layer weights that
@@ -160,6 +171,10 @@ class BCConfig:
     patience: int = 5
     action_weights: tuple[float, ...] = ()
     disagreement_weight: float = 1.0
+    focus_overrides: tuple[str, ...] = ()
+    focus_episodes: int = 0
+    focus_dagger_episodes: int = 0
+    focus_max_steps: int = 100
     save_dataset: bool = False
     embedding_l2: float = 0.0
 
@@ -170,6 +185,11 @@ class BCConfig:
                 f"bc.action_weights must all be > 0, got {list(self.action_weights)}")
         require(self.patience >= 1 and self.epochs >= 1, "bc.patience and bc.epochs must be "
                 ">= 1")
+        require(self.focus_episodes >= 0 and self.focus_dagger_episodes >= 0
+                and self.focus_max_steps >= 1, "bc.focus_episodes and "
+                "bc.focus_dagger_episodes must be >= 0, bc.focus_max_steps >= 1")
+        require(not self.focus_overrides or self.focus_episodes + self.focus_dagger_episodes > 0,
+                "bc.focus_overrides needs bc.focus_episodes or bc.focus_dagger_episodes > 0")
         require(self.disagreement_weight > 0.0,
                 f"bc.disagreement_weight must be > 0, got {self.disagreement_weight}")
 

@@ -18,6 +18,7 @@ from agents.label_study import load_dataset
 from agents.load import AgentLoadError, load_agent
 from agents.train import train
 from common.config import ConfigError
+from envs.driving_env import MEASUREMENT_KEYS
 from perception.checkpoint import save_encoder
 from perception.encoders import EncoderConfig, build_encoder
 
@@ -143,6 +144,35 @@ def test_behaviour_cloning_with_dagger_writes_a_loadable_agent(tmp_path: Path) -
     obs, _ = env.reset(seed=200_001)
     assert 0 <= agent.act(obs, env) < 6
     env.close()
+
+
+def test_focus_episodes_are_short_extra_episodes_in_the_variant(tmp_path: Path) -> None:
+    # Ordinary episodes on the highway, focus episodes (expert and DAgger) starting on
+    # the on-ramp.
+    cfg = load_train_config(overrides=[
+        "algo=bc", "obs=privileged", "bc.episodes=1", "bc.max_steps=12",
+        "bc.dagger_iterations=1", "bc.dagger_episodes=1", "bc.epochs=1",
+        "env_overrides=[ramp_start_prob=0.0]", "bc.focus_overrides=[ramp_start_prob=1.0]",
+        "bc.focus_episodes=2", "bc.focus_dagger_episodes=1", "bc.focus_max_steps=5",
+        "bc.save_dataset=true"])
+    result = train(cfg, tmp_path / "bc", progress=False)
+    data = load_dataset(tmp_path / "bc" / DATASET_FILE)
+    lengths = np.bincount(data["episode"])
+    # Episode order: ordinary expert, 2 focus expert, then the DAgger round's ordinary
+    # and focus episodes.
+    np.testing.assert_array_equal(lengths, [12, 5, 5, 12, 5])
+    # At the first decision the next manoeuvre is the merge, a ramp's length ahead
+    # (under 300 m), on the ramp, and the end of the route (over 1 km) on the highway.
+    distance = MEASUREMENT_KEYS.index("distance_to_manoeuvre_m")
+    first_rows = data["measurements"][np.cumsum([0, *lengths[:-1]]), distance]
+    np.testing.assert_array_equal(first_rows < 300.0, [False, True, True, False, True])
+    assert np.all((first_rows < 300.0) | (first_rows > 1000.0))
+    assert json.loads((result.agent_dir / "agent.json").read_text())["bc_samples"] == 39
+
+
+def test_focus_overrides_need_focus_episodes() -> None:
+    with pytest.raises(ConfigError, match="bc.focus_overrides needs bc.focus_episodes"):
+        load_train_config(overrides=["bc.focus_overrides=[ramp_start_prob=1.0]"])
 
 
 def test_ppo_starts_from_a_behaviour_cloning_agent(tmp_path: Path) -> None:
