@@ -7,11 +7,12 @@
    likelihood of the expert's actions.
 3. DAgger (``bc.dagger_iterations > 0``): drive the learner, label the states it visits
    with the expert, add them and fit again.
+4. Save it as an agent directory, loadable wherever a policy name is accepted.
 
 Focus episodes (``bc.focus_episodes``, ``bc.focus_dagger_episodes``) are short extra
-episodes, expert and DAgger, in a variant of the env (``bc.focus_overrides``) that
-makes a rare situation common, such as starting on the on-ramp.
-4. Save it as an agent directory, loadable wherever a policy name is accepted.
+episodes, expert (step 1) and DAgger (step 3), in a variant of the env
+(``bc.focus_overrides``) that makes a rare situation common, such as starting on the
+on-ramp.
 
 With ``bc.save_dataset`` the labelled decisions are also written to
 ``<out>/bc_dataset.npz`` (:data:`DATASET_FILE`), with the expert's reasons beside each
@@ -151,8 +152,9 @@ def save_dataset(path: Path, data: list[dict[str, np.ndarray]], actions: list[An
                  reasons: list[tuple[float, ...]], lengths: list[int],
                  differs: list[bool]) -> None:
     """Write the labelled decisions to ``path`` (atomically): one array per observation
-    key (rows = decisions), ``label``, ``episode`` (index of the recorded episode; the
-    first ``bc.episodes`` are the expert's, the rest DAgger's), ``expert_reasons``
+    key (rows = decisions), ``label``, ``episode`` (index of the recorded episode, in
+    the order driven: the expert's ordinary then focus episodes, then each DAgger
+    round's ordinary then focus episodes), ``expert_reasons``
     ``(rows, 4)`` in :data:`REASON_COLUMNS` order and ``learner_differs`` (the DAgger
     learner chose another action than the label)."""
     arrays: dict[str, Any] = {k: np.stack([d[k] for d in data]) for k in data[0]}
