@@ -229,37 +229,40 @@ def fit(policy: MultiInputActorCriticPolicy, data: list[dict[str, np.ndarray]],
                if cfg.bc.embedding_l2 > 0.0 else None)
     best_val, best_state, stale = math.inf, None, 0
     last, epochs = float("nan"), 0
-    for epochs in range(1, cfg.bc.epochs + 1):  # noqa: B007 (reported after the loop)
-        policy.set_training_mode(True)
-        order = train_idx[torch.randperm(len(train_idx), generator=generator).to(device)]
-        losses = []
-        for start in range(0, len(order), cfg.bc.batch_size):
-            idx = order[start:start + cfg.bc.batch_size]
-            batch = {k: v[idx] for k, v in tensors.items()}
-            _, log_prob, _ = policy.evaluate_actions(batch, target[idx])
-            loss = -(row_weight[idx] * log_prob).sum() / row_weight[idx].sum()
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-            optimizer.step()
-            losses.append(float(loss.detach()))
-        last = float(np.mean(losses))
-        if len(val_idx) == 0:
-            continue
-        policy.set_training_mode(False)
-        with torch.no_grad():
-            _, log_prob, _ = policy.evaluate_actions({k: v[val_idx] for k, v in tensors.items()},
-                                                     target[val_idx])
-        val = float(-(row_weight[val_idx] * log_prob).sum() / row_weight[val_idx].sum())
-        if val < best_val:
-            best_val, stale = val, 0
-            best_state = copy.deepcopy(policy.state_dict())
-        else:
-            stale += 1
-            if stale >= cfg.bc.patience:
-                break
-    if penalty is not None:
-        penalty.remove()
+    try:
+        for epochs in range(1, cfg.bc.epochs + 1):  # noqa: B007 (reported after the loop)
+            policy.set_training_mode(True)
+            order = train_idx[torch.randperm(len(train_idx), generator=generator).to(device)]
+            losses = []
+            for start in range(0, len(order), cfg.bc.batch_size):
+                idx = order[start:start + cfg.bc.batch_size]
+                batch = {k: v[idx] for k, v in tensors.items()}
+                _, log_prob, _ = policy.evaluate_actions(batch, target[idx])
+                loss = -(row_weight[idx] * log_prob).sum() / row_weight[idx].sum()
+                optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+                optimizer.step()
+                losses.append(float(loss.detach()))
+            last = float(np.mean(losses))
+            if len(val_idx) == 0:
+                continue
+            policy.set_training_mode(False)
+            val_batch = {k: v[val_idx] for k, v in tensors.items()}
+            with torch.no_grad():
+                _, log_prob, _ = policy.evaluate_actions(val_batch, target[val_idx])
+            val = float(-(row_weight[val_idx] * log_prob).sum() / row_weight[val_idx].sum())
+            if val < best_val:
+                best_val, stale = val, 0
+                best_state = copy.deepcopy(policy.state_dict())
+            else:
+                stale += 1
+                if stale >= cfg.bc.patience:
+                    break
+    finally:
+        # Removed even when a fit fails, so the policy keeps no stale hook.
+        if penalty is not None:
+            penalty.remove()
     if best_state is not None:
         policy.load_state_dict(best_state)
     policy.set_training_mode(False)
