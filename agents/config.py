@@ -138,7 +138,8 @@ class BCConfig:
             it drove with) differed from the expert's label; the other rows weigh 1.
             A rare mistake that ends an episode (a lane change into a car on the on-ramp)
             otherwise counts once among hundreds of cruising decisions. 1 (the default):
-            no change. Multiplies ``action_weights``.
+            no change. Multiplies ``action_weights``. In our runs it made the clone merge
+            worse (README, agents section): the weight goes to every kind of mistake.
         focus_overrides: Env overrides (on top of the run's ``env_overrides``) of a
             variant of the env for focus episodes: a rare situation that ordinary
             episodes hold only a few decisions of, such as the on-ramp merge
@@ -190,6 +191,8 @@ class BCConfig:
                 "bc.focus_dagger_episodes must be >= 0, bc.focus_max_steps >= 1")
         require(not self.focus_overrides or self.focus_episodes + self.focus_dagger_episodes > 0,
                 "bc.focus_overrides needs bc.focus_episodes or bc.focus_dagger_episodes > 0")
+        require(self.focus_dagger_episodes == 0 or self.dagger_iterations >= 1,
+                "bc.focus_dagger_episodes needs DAgger rounds: set bc.dagger_iterations >= 1")
         require(self.disagreement_weight > 0.0,
                 f"bc.disagreement_weight must be > 0, got {self.disagreement_weight}")
 

@@ -170,9 +170,14 @@ def test_focus_episodes_are_short_extra_episodes_in_the_variant(tmp_path: Path) 
     assert json.loads((result.agent_dir / "agent.json").read_text())["bc_samples"] == 39
 
 
-def test_focus_overrides_need_focus_episodes() -> None:
-    with pytest.raises(ConfigError, match="bc.focus_overrides needs bc.focus_episodes"):
-        load_train_config(overrides=["bc.focus_overrides=[ramp_start_prob=1.0]"])
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["bc.focus_overrides=[ramp_start_prob=1.0]"], "bc.focus_overrides needs bc.focus_episodes"),
+    (["bc.focus_dagger_episodes=2"], "bc.focus_dagger_episodes needs DAgger rounds"),
+    (["bc.focus_episodes=-1"], "must be >= 0"),
+])
+def test_focus_options_are_checked(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_train_config(overrides=overrides)
 
 
 def test_ppo_starts_from_a_behaviour_cloning_agent(tmp_path: Path) -> None:
