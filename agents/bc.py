@@ -316,7 +316,6 @@ def train_bc(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> An
     bar = tqdm(total=bc.episodes + bc.focus_episodes
                + bc.dagger_iterations * (bc.dagger_episodes + bc.focus_dagger_episodes),
                desc="bc episodes", disable=not progress)
-    first_seed: int | None = cfg.seed  # later resets draw train seeds
     reasons: list[tuple[float, ...]] = []
     lengths: list[int] = []
     disagrees: list[bool] = []
@@ -333,28 +332,29 @@ def train_bc(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> An
 
     def weights() -> np.ndarray:
         # bc.disagreement_weight on the DAgger rows where the learner erred, 1 elsewhere.
-        return np.where(np.asarray(disagrees, bool), cfg.bc.disagreement_weight, 1.0)
+        return np.where(np.asarray(disagrees, bool), bc.disagreement_weight, 1.0)
 
-    for _ in range(bc.episodes):
-        keep(drive(env, path, expert, None, None, bc.max_steps, first_seed))
-        first_seed = None
-    # Its own seed sequence (train range), so adding focus episodes leaves the others.
-    focus_seed: int | None = cfg.seed + 1
-    if focus_env is not None:
-        for _ in range(bc.focus_episodes):
-            keep(drive(focus_env, path, expert, None, None, bc.focus_max_steps, focus_seed))
-            focus_seed = None
+    # Each env's first reset is seeded, later ones draw train seeds; the focus env has
+    # its own sequence, so adding focus episodes leaves the ordinary ones as they were.
+    next_seed: dict[int, int | None] = {id(env): cfg.seed, id(focus_env): cfg.seed + 1}
+
+    def run(on: gym.Env[Any, Any] | None, count: int, max_steps: int,
+            learner: MultiInputActorCriticPolicy | None, stats: dict[str, Any] | None
+            ) -> None:
+        if on is None:  # no focus env
+            return
+        for _ in range(count):
+            keep(drive(on, path, expert, learner, stats, max_steps, next_seed[id(on)]))
+            next_seed[id(on)] = None
+
+    run(env, bc.episodes, bc.max_steps, None, None)
+    run(focus_env, bc.focus_episodes, bc.focus_max_steps, None, None)
     vector_keys = [k for k in path.space.spaces if k != "camera"]
     stats = normalization_stats(data, vector_keys)
     fit_info = fit(policy, data, actions, split.is_val(), stats, cfg, generator, device)
     for _ in range(bc.dagger_iterations):
-        for _ in range(bc.dagger_episodes):
-            keep(drive(env, path, expert, policy, stats, bc.max_steps, None))
-        if focus_env is not None:
-            for _ in range(bc.focus_dagger_episodes):
-                keep(drive(focus_env, path, expert, policy, stats, bc.focus_max_steps,
-                           focus_seed))
-                focus_seed = None
+        run(env, bc.dagger_episodes, bc.max_steps, policy, stats)
+        run(focus_env, bc.focus_dagger_episodes, bc.focus_max_steps, policy, stats)
         stats = normalization_stats(data, vector_keys)
         fit_info = fit(policy, data, actions, split.is_val(), stats, cfg, generator, device,
                        weights())
