@@ -18,6 +18,7 @@ from agents.label_study import load_dataset
 from agents.load import AgentLoadError, load_agent
 from agents.train import train
 from common.config import ConfigError
+from envs.config import load_env_config
 from envs.driving_env import MEASUREMENT_KEYS
 from perception.checkpoint import save_encoder
 from perception.encoders import EncoderConfig, build_encoder
@@ -29,6 +30,22 @@ TINY = ["obs=privileged", "ppo.n_steps=16", "ppo.batch_size=16", "ppo.n_epochs=2
 
 def test_shipped_yaml_equals_defaults() -> None:
     assert load_train_config() == TrainConfig()
+
+
+def test_the_merge_recipe_configs_chain_and_their_env_overrides_load() -> None:
+    bc = load_train_config("bc_merge")
+    ppo = load_train_config("ppo_merge")
+    assert (bc.algo, ppo.algo) == ("bc", "ppo")
+    # The PPO recipe starts from where `--out runs/bc_merge` writes the clone, on the
+    # same encoder and the same policy inputs.
+    assert ppo.init_from == "runs/bc_merge/final"
+    assert ppo.encoder == bc.encoder and ppo.lane_gaps and bc.lane_gaps
+    assert ppo.ppo.expert_coef > 0 and ppo.ppo.privileged_critic
+    assert bc.bc.focus_episodes > 0 and bc.bc.dagger_iterations > 0
+    # Both runs' env overrides (and the focus variant's) are valid env keys.
+    focus = load_env_config(overrides=[*bc.env_overrides, *bc.bc.focus_overrides])
+    assert focus.ramp_start_prob == 1.0 and focus.traffic.num_vehicles == 32
+    assert load_env_config(overrides=list(ppo.env_overrides)).reward.collision == -30.0
 
 
 def test_bad_configs_are_rejected_with_the_choices() -> None:
