@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import envs
 from common.config import ConfigError, apply_overrides, load_config, require
-from envs.config import ACTION_MODES
+from envs.config import ACTION_MODES, load_env_config
 from planning.action_modes import MetaAction
 
 #: Observation paths (design brief section 5).
@@ -313,6 +313,17 @@ class TrainConfig:
             raise ConfigError(f"env_id: unknown env id {self.env_id!r}; valid: "
                               f"{', '.join(envs.ENV_IDS)}")
         require(self.action_mode in ACTION_MODES, f"action_mode must be one of {ACTION_MODES}")
+        # Bad env overrides are refused here, before a run writes anything, with the env
+        # config's message (the env applies them the same way when it is built).
+        env_cls = envs.config_class(self.env_id)
+        for name, extra in (("env_overrides", self.env_overrides),
+                            ("bc.focus_overrides", (*self.env_overrides,
+                                                    *self.bc.focus_overrides))):
+            if extra:
+                try:
+                    load_env_config(overrides=list(extra), cls=env_cls)
+                except ConfigError as exc:
+                    raise ConfigError(f"{name}: {exc}") from None
         if self.algo == "sac" and self.action_mode not in CONTINUOUS_MODES:
             raise ConfigError(f"algo 'sac' needs a continuous action mode "
                               f"({', '.join(CONTINUOUS_MODES)}), not '{self.action_mode}'; "

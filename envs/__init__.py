@@ -13,11 +13,12 @@ layers. gymnasium imports it by name when an env is made; ``envs`` itself never 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gymnasium.envs.registration import register, registry
 
 if TYPE_CHECKING:
+    from envs.config import EnvConfig
     from envs.driving_env import DrivingEnv
 
 ENV_IDS = ("bulletdrive/Highway-v0", "bulletdrive/Urban-v0")
@@ -29,6 +30,27 @@ for _env_id in _CLASSES:
         register(id=_env_id, entry_point="planning.make:make_env", kwargs={"env_id": _env_id})
 
 
+def _env_class(env_id: str) -> type[DrivingEnv]:
+    """The env class of an id (with or without ``bulletdrive/``), imported on demand."""
+    import importlib
+
+    short = env_id if env_id.startswith("bulletdrive/") else f"bulletdrive/{env_id}"
+    if short not in ENV_IDS:
+        raise ValueError(f"unknown env id {env_id!r}; valid: {', '.join(ENV_IDS)}")
+    module, cls = _CLASSES[short].split(":")
+    found: type[DrivingEnv] = getattr(importlib.import_module(module), cls)
+    return found
+
+
+def config_class(env_id: str) -> type[EnvConfig]:
+    """The config dataclass of a bulletdrive env id (with or without ``bulletdrive/``).
+
+    Raises:
+        ValueError: Unknown env id (the message lists the valid ones).
+    """
+    return _env_class(env_id).config_class
+
+
 def make(env_id: str, **kwargs: object) -> DrivingEnv:
     """Create the bare world of a bulletdrive env by id (``control`` actions), with a
     clear error naming the valid ids.
@@ -37,11 +59,6 @@ def make(env_id: str, **kwargs: object) -> DrivingEnv:
     The env is created directly (not wrapped), so its attributes are at hand; use
     :func:`planning.make.make_env` for the other action modes.
     """
-    import importlib
-
-    short = env_id if env_id.startswith("bulletdrive/") else f"bulletdrive/{env_id}"
-    if short not in ENV_IDS:
-        raise ValueError(f"unknown env id {env_id!r}; valid: {', '.join(ENV_IDS)}")
-    module, cls = _CLASSES[short].split(":")
-    env = getattr(importlib.import_module(module), cls)(**kwargs)
+    env_cls: Any = _env_class(env_id)  # its keywords are checked by the env itself
+    env: DrivingEnv = env_cls(**kwargs)
     return env

@@ -191,6 +191,10 @@ def test_focus_episodes_are_short_extra_episodes_in_the_variant(tmp_path: Path) 
     (["bc.focus_overrides=[ramp_start_prob=1.0]"], "bc.focus_overrides needs bc.focus_episodes"),
     (["bc.focus_dagger_episodes=2"], "bc.focus_dagger_episodes needs DAgger rounds"),
     (["bc.focus_episodes=-1"], "must be >= 0"),
+    # Bad env keys are refused when the config is built, before a run writes anything.
+    (["bc.focus_overrides=[nope=1]", "bc.focus_episodes=1"],
+     "bc.focus_overrides: unknown config key 'nope'; valid keys"),
+    (["env_overrides=[traffic.nope=1]"], "env_overrides: .*unknown config key"),
 ])
 def test_focus_options_are_checked(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
